@@ -1,0 +1,99 @@
+"""Base config: every field with its default. Presets import this and override a few fields."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # The network (pcam_jax.models.NetworkSpec). Defaults: the paper's ResNet, 793,330 params.
+    c.model = ml_collections.ConfigDict(dict(
+        stem_width=16,
+        widths=(16, 32, 64, 128),
+        strides=(1, 2, 2, 1),
+        blocks=(2, 3, 3, 2),
+        num_classes=2,
+        decoder_widths=(64, 32, 16),
+        dtype="float32",
+        input_mean=0.5,               # images are in [0, 1]; the encoder standardises them
+        input_std=0.25,
+    ))
+
+    # Input pipeline (pcam_jax.data.pipeline).
+    c.data = ml_collections.ConfigDict(dict(
+        dataset="synthetic",          # "synthetic" | "mura"
+        data_dir="",                  # TFDS data dir; "" -> <workdir>/../data or ~/tensorflow_datasets
+        image_size=320,
+        resize="stretch",             # "stretch" (MURA baseline) | "pad" (keep aspect, pad to square)
+        batch_size=16,
+        eval_batch_size=32,
+        labelled_batch_size=8,        # stage 3: images with lesion labels per step
+        flip=True,                    # random horizontal flip (training only)
+        rotate_degrees=30.0,          # random rotation in [-d, d] (training only)
+        shuffle_buffer=2048,
+        model_selection_fraction=0.1, # MURA: patient-disjoint slice of train for model selection
+        skip_corrupt=False,           # MURA: skip unreadable images (reported) instead of failing
+        prefetch=2,
+    ))
+
+    # Synthetic radiographs (pcam_jax.data.synthetic), used when data.dataset == "synthetic".
+    c.synthetic = ml_collections.ConfigDict(dict(
+        image_size=128,
+        num_train=2000,
+        num_model_selection=300,
+        num_test=300,
+        abnormal_prevalence=0.5,
+        marker_prob_abnormal=0.7,     # P(side marker | abnormal): the shortcut
+        marker_prob_normal=0.2,       # P(side marker | normal)
+        hardware_prob_abnormal=0.2,   # P(bright hardware | abnormal)
+        hardware_prob_normal=0.05,
+        num_labelled=100,             # abnormal train images whose masks stage 3 sees
+        num_heldout_labelled=50,      # disjoint abnormal images for threshold selection
+        seed=0,
+    ))
+
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adam",
+        learning_rate=1e-4,           # MURA baseline: Adam 1e-4
+        b1=0.9,
+        b2=0.999,
+        weight_decay=0.0,
+        warmup_steps=0,
+    ))
+
+    c.stage1 = ml_collections.ConfigDict(dict(
+        num_epochs=10,
+        class_weighted=False,         # weight the loss by inverse class frequency (MURA baseline)
+    ))
+    c.stage2 = ml_collections.ConfigDict(dict(
+        num_epochs=10,
+        omega=10.0,                   # soft mask T(A) = sigmoid(omega * (A - sigma))
+        sigma=0.5,
+        mask_mode="keep",             # "keep": classify I*T(A) (paper) | "erase": GAIN, I - I*T(A)
+        abnormal_only=True,           # L2 on abnormal images only
+        confidence="ema",             # "ema" of training accuracy | "validation" accuracy
+        accuracy_ema=0.98,
+        init_from="scratch",          # "scratch" (paper) | "stage1"
+        logit_difference=False,       # attention map from W[:,1] - W[:,0] instead of W[:,1]
+    ))
+    c.stage3 = ml_collections.ConfigDict(dict(
+        num_epochs=10,
+        l3_weight=1.0,                # lambda'
+    ))
+
+    c.train = ml_collections.ConfigDict(dict(
+        log_every_steps=50,
+        image_summary_every_steps=500,
+        checkpoint_every_steps=0,     # 0: at the end of every epoch only
+        keep_checkpoints=2,
+        best_metric="auroc",          # model-selection metric kept as the "best" checkpoint
+        best_mode="max",
+    ))
+
+    c.eval = ml_collections.ConfigDict(dict(
+        pointing_tolerance=15,        # pixels
+        score_cam_chunk=32,           # channels per batched forward in Score-CAM
+        num_figure_images=6,
+    ))
+    return c

@@ -1,0 +1,32 @@
+"""Data: synthetic radiographs, MURA, clinician lesion labels, and one tf.data pipeline.
+
+The contract every part of the project relies on.
+
+Records (what the TFDS builders store, one per image):
+    image         uint8 (H, W, 1)    grayscale radiograph
+    label         int64               0 = normal, 1 = abnormal
+    lesion_mask   uint8 (H, W, 1)    1 inside a lesion (synthetic only; zeros where unknown)
+    has_mask      bool                True when lesion_mask is a real annotation
+    lesion_labelled bool              True for the few images whose masks stage 3 may train on
+    path          str                 relative path (MURA: "MURA-v1.1/train/XR_.../image1.png")
+    study_id      str                 images of one study share it (study-level metrics)
+    patient_id    str
+    body_part     str                 "XR_WRIST", ... ("SYNTHETIC" for synthetic data)
+
+Splits: synthetic_xray has train, model_selection, test and heldout_labelled (abnormal
+images with masks, disjoint from the rest, for choosing thresholds); mura has train,
+model_selection (patient-disjoint slice of train) and valid (the official validation set,
+our test set).
+
+Batches (what `pcam_jax.data.pipeline` yields, numpy, per process):
+    image     float32 (B, S, S, 1) in [0, 1]   (the model standardises internally)
+    label     int32   (B,)
+    mask      float32 (B, S, S) in {0, 1}      lesion mask, same geometric transform as image
+    has_mask  bool    (B,)
+    valid     bool    (B,)                      False on padding rows of the last eval batch
+    path, study_id, body_part: object arrays of str (B,)  metadata, never sent to devices
+`DEVICE_KEYS` names the numeric keys that go to the accelerator.
+"""
+
+DEVICE_KEYS = ("image", "label", "mask", "has_mask", "valid")
+CLASS_NAMES = ("normal", "abnormal")

@@ -1,0 +1,1 @@
+"""Evaluation: classification and localisation metrics, reports, figures and the analysis API."""

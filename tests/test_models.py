@@ -1,0 +1,55 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pcam_jax.configs import get_config
+from pcam_jax.models import NetworkSpec, PCAMNet, count_params, create_model, feature_shape, init_variables
+
+
+def test_default_network_shapes_and_parameter_count():
+    model = create_model(NetworkSpec())
+    variables = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), 320))
+    params = variables["params"]
+    assert set(params) == {"encoder", "head", "decoder"}
+    assert set(variables["batch_stats"]) == {"encoder"}
+    # The PyTorch twin in shared/bench has 793,330 parameters: encoder + head must match it.
+    assert count_params(params["encoder"]) + count_params(params["head"]) == 793_330
+    assert feature_shape(model, 320) == (1, 20, 20, 128)
+    logits, features, lesion = jax.eval_shape(
+        lambda v: model.apply(v, jnp.zeros((2, 320, 320, 1)), method=PCAMNet.classify_and_segment), variables)
+    assert logits.shape == (2, 2) and features.shape == (2, 20, 20, 128) and lesion.shape == (2, 320, 320)
+
+
+def test_classifier_and_fcn_share_the_encoder():
+    config = get_config("tiny")
+    model = create_model(config.model)
+    variables = init_variables(model, jax.random.key(0), 32)
+    x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 1))
+    logits, _ = model.apply(variables, x)
+    lesion = model.apply(variables, x, method=PCAMNet.segment)
+    assert float(lesion.min()) >= 0.0 and float(lesion.max()) <= 1.0
+
+    # Change one encoder leaf: both the classifier and the FCN output must change.
+    params = jax.tree_util.tree_map(lambda a: a, variables["params"])
+    stem = params["encoder"]["stem_conv"]["kernel"]
+    params["encoder"]["stem_conv"]["kernel"] = stem + 0.5
+    changed = {"params": params, "batch_stats": variables["batch_stats"]}
+    logits2, _ = model.apply(changed, x)
+    lesion2 = model.apply(changed, x, method=PCAMNet.segment)
+    assert not np.allclose(logits, logits2)
+    assert not np.allclose(lesion, lesion2)
+
+
+def test_feature_perturbation_is_added_before_the_head():
+    config = get_config("tiny")
+    model = create_model(config.model)
+    variables = init_variables(model, jax.random.key(0), 32)
+    x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 1))
+    _, features = model.apply(variables, x)
+    delta = jnp.ones_like(features)
+    logits, features_p = model.apply(variables, x, feature_perturbation=delta)
+    w = variables["params"]["head"]["dense"]["kernel"]
+    b = variables["params"]["head"]["dense"]["bias"]
+    expected = (np.asarray(features) + 1.0).mean(axis=(1, 2)) @ np.asarray(w) + np.asarray(b)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(features_p, features + 1.0, rtol=1e-6)
