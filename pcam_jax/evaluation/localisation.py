@@ -1,0 +1,250 @@
+"""Localisation metrics of saliency maps against lesion masks, vectorised in numpy.
+
+Inputs everywhere (DESIGN.md section 4):
+    maps   (N, H, W) float in [0, 1], min-max normalised per image and resized to the image;
+    masks  (N, H, W) {0, 1} lesion masks of the same images.
+
+Metrics, each a share in [0, 1] (wsolevaluation reports percentages; we do not):
+- pointing game: the arg-max pixel (first in row-major order on ties) lies within `tolerance`
+  pixels (Euclidean) of a mask pixel, i.e. inside the mask dilated by a closed disk of radius
+  `tolerance`. Computed exactly as min over mask pixels of the squared distance to the arg-max.
+- energy pointing game / relevance mass: sum(map * mask) / sum(map); 0 for an all-zero map.
+- IoU and Dice of `map >= tau` with the mask, per image, then averaged over images.
+- PxAP (Choe et al., CVPR 2020; wsolevaluation `MaskEvaluator`): pixels of all images pooled;
+  for each threshold t of the grid plus 1.0, precision and recall of `score >= t`; AP is
+  sum_i precision_i * (recall_i - recall_{i-1}) over thresholds in decreasing order, from
+  recall 0.
+- MaxBoxAccV2 (wsolevaluation `BoxEvaluator` with multi_contour_eval): for each threshold t,
+  a box around every 8-connected component of `map >= t`; an image is correct at (t, delta)
+  when its best box (highest IoU with any ground-truth box) has IoU >= delta; ground-truth
+  boxes are the boxes of the mask's 8-connected components. MaxBoxAcc(delta) is the max over
+  t of the share of correct images; V2 is its mean over delta in {0.3, 0.5, 0.7}.
+  Deviations from wsolevaluation, all sub-pixel: boxes are the exact inclusive extents of the
+  components (cv2.boundingRect boxes there reach one pixel past the component), thresholds
+  are applied to float maps with `>=` (there: uint8 maps with `>`), and a threshold with no
+  foreground pixel gives no box (there: a box at pixel (0, 0)). IoU counts pixels, inclusive.
+
+Images whose mask is empty (normal images) are excluded by `localisation_metrics` and counted.
+Thresholds (`tau`) must be chosen on the held-out labelled split with `choose_threshold`,
+never on the test split.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.ndimage
+
+# wsolevaluation's threshold grid is arange(0, 1, cam_curve_interval); 0.01 keeps MaxBoxAcc fast.
+DEFAULT_THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 6)
+DEFAULT_TAUS = np.round(np.arange(0.05, 1.0, 0.05), 6)
+IOU_THRESHOLDS = (0.3, 0.5, 0.7)
+# Voxels labelled in one scipy call by `max_box_accuracy` (images x thresholds x H x W).
+_LABEL_CHUNK_VOXELS = 1 << 24
+
+
+def check_maps_and_masks(maps, masks) -> tuple[np.ndarray, np.ndarray]:
+    """Validates shapes and ranges; returns (maps float64 (N, H, W), masks bool (N, H, W))."""
+    maps = np.asarray(maps, dtype=np.float64)
+    masks = np.asarray(masks)
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be (N, H, W); got shape {maps.shape}. Squeeze any channel axis.")
+    if masks.shape != maps.shape:
+        raise ValueError(
+            f"masks have shape {masks.shape} but maps have {maps.shape}: resize the maps to the "
+            "image (and mask) size before scoring them.")
+    if maps.size and (not np.all(np.isfinite(maps)) or maps.min() < -1e-6 or maps.max() > 1 + 1e-6):
+        raise ValueError(
+            f"maps must be finite and in [0, 1] (min {np.nanmin(maps):.4g}, max {np.nanmax(maps):.4g}): "
+            "min-max normalise each map first.")
+    if not np.all((masks == 0) | (masks == 1)):
+        raise ValueError(f"masks must be binary {{0, 1}}; found values {np.unique(masks)[:6].tolist()}.")
+    return np.clip(maps, 0.0, 1.0), masks.astype(bool)
+
+
+def pointing_game(maps, masks, tolerance: float = 15) -> np.ndarray:
+    """Per-image hit (N,) bool: the arg-max pixel lies in the mask dilated by a disk of radius `tolerance`."""
+    maps, masks = check_maps_and_masks(maps, masks)
+    n, h, w = maps.shape
+    peak = np.argmax(maps.reshape(n, -1), axis=1)
+    peak_y, peak_x = np.divmod(peak, w)
+    dy2 = (np.arange(h)[None, :] - peak_y[:, None]) ** 2  # (N, H)
+    dx2 = (np.arange(w)[None, :] - peak_x[:, None]) ** 2  # (N, W)
+    squared_distance = dy2[:, :, None] + dx2[:, None, :]  # (N, H, W)
+    nearest = np.where(masks, squared_distance, np.iinfo(np.int64).max).min(axis=(1, 2))
+    return nearest <= tolerance**2
+
+
+def energy_pointing_game(maps, masks) -> np.ndarray:
+    """Per-image share of the map's mass inside the mask (N,); 0 where the map is all zero."""
+    maps, masks = check_maps_and_masks(maps, masks)
+    total = maps.sum(axis=(1, 2))
+    inside = (maps * masks).sum(axis=(1, 2))
+    return np.where(total > 0, inside / np.where(total > 0, total, 1.0), 0.0)
+
+
+def iou_and_dice(maps, masks, tau: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image IoU and Dice (N,), (N,) of `map >= tau` against the mask; NaN when both are empty."""
+    maps, masks = check_maps_and_masks(maps, masks)
+    predicted = maps >= tau
+    intersection = (predicted & masks).sum(axis=(1, 2)).astype(np.float64)
+    union = (predicted | masks).sum(axis=(1, 2))
+    sizes = predicted.sum(axis=(1, 2)) + masks.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return intersection / union, 2.0 * intersection / sizes
+
+
+def choose_threshold(maps, masks, metric: str = "iou", taus=DEFAULT_TAUS) -> float:
+    """The tau in `taus` with the best mean IoU or Dice; call it on the held-out labelled split only.
+
+    Images with empty masks are ignored. Ties go to the smallest tau.
+    """
+    if metric not in ("iou", "dice"):
+        raise ValueError(f"metric must be 'iou' or 'dice', got {metric!r}.")
+    maps, masks = check_maps_and_masks(maps, masks)
+    keep = masks.any(axis=(1, 2))
+    if not keep.any():
+        raise ValueError("choose_threshold needs at least one image with a non-empty lesion mask.")
+    taus = np.asarray(taus, dtype=np.float64).ravel()
+    if taus.size == 0:
+        raise ValueError("taus is empty.")
+    column = 0 if metric == "iou" else 1
+    scores = np.array([iou_and_dice(maps[keep], masks[keep], tau)[column].mean() for tau in taus])
+    return float(taus[int(np.argmax(scores))])
+
+
+def pixel_precision_recall(maps, masks, thresholds=DEFAULT_THRESHOLDS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pooled pixel precision-recall of `score >= t`, thresholds in decreasing order.
+
+    Returns:
+      (precision, recall, thresholds), each (T,), thresholds = the grid with 1.0 added, sorted
+      decreasing (recall increasing). Precision is NaN where no pixel is predicted.
+    """
+    maps, masks = check_maps_and_masks(maps, masks)
+    thresholds = np.unique(np.append(np.asarray(thresholds, dtype=np.float64).ravel(), 1.0))[::-1]
+    positive_scores = np.sort(maps[masks])
+    negative_scores = np.sort(maps[~masks])
+    if positive_scores.size == 0:
+        raise ValueError("No lesion pixel in the masks: precision-recall is undefined.")
+    tp = positive_scores.size - np.searchsorted(positive_scores, thresholds, side="left")
+    fp = negative_scores.size - np.searchsorted(negative_scores, thresholds, side="left")
+    predicted = tp + fp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, np.nan)
+    recall = tp / positive_scores.size
+    return precision, recall, thresholds
+
+
+def average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
+    """sum_i precision_i * (recall_i - recall_{i-1}), recall_{-1} = 0 (wsolevaluation's AUC)."""
+    delta_recall = np.diff(np.concatenate([[0.0], recall]))
+    return float(np.sum(np.nan_to_num(precision, nan=0.0) * delta_recall))
+
+
+def pxap(maps, masks, thresholds=DEFAULT_THRESHOLDS) -> float:
+    """PxAP: area under the pooled pixel precision-recall curve (Choe et al., CVPR 2020)."""
+    precision, recall, _ = pixel_precision_recall(maps, masks, thresholds)
+    return average_precision(precision, recall)
+
+
+def _component_boxes(binary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of the 8-connected components of each 2-D plane of `binary` (..., H, W).
+
+    Returns (plane index (K, binary.ndim - 2) int, boxes (K, 4) int as y0, x0, y1, x1 inclusive).
+    """
+    lead = binary.ndim - 2
+    structure = np.zeros((3,) * binary.ndim, dtype=bool)
+    structure[(1,) * lead] = True  # connect within a plane only, 8-connected
+    labels, _ = scipy.ndimage.label(binary, structure=structure)
+    slices = scipy.ndimage.find_objects(labels)
+    if not slices:
+        return np.zeros((0, lead), np.int64), np.zeros((0, 4), np.int64)
+    extents = np.array([[(s.start, s.stop) for s in objects] for objects in slices])  # (K, ndim, 2)
+    plane = extents[:, :lead, 0]
+    boxes = np.stack([extents[:, -2, 0], extents[:, -1, 0], extents[:, -2, 1] - 1, extents[:, -1, 1] - 1], axis=1)
+    return plane, boxes
+
+
+def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """IoU of inclusive pixel boxes (y0, x0, y1, x1), broadcasting over leading axes (..., 4)."""
+    y0 = np.maximum(boxes_a[..., 0], boxes_b[..., 0])
+    x0 = np.maximum(boxes_a[..., 1], boxes_b[..., 1])
+    y1 = np.minimum(boxes_a[..., 2], boxes_b[..., 2])
+    x1 = np.minimum(boxes_a[..., 3], boxes_b[..., 3])
+    intersection = np.maximum(0, y1 - y0 + 1) * np.maximum(0, x1 - x0 + 1)
+    area_a = (boxes_a[..., 2] - boxes_a[..., 0] + 1) * (boxes_a[..., 3] - boxes_a[..., 1] + 1)
+    area_b = (boxes_b[..., 2] - boxes_b[..., 0] + 1) * (boxes_b[..., 3] - boxes_b[..., 1] + 1)
+    return intersection / (area_a + area_b - intersection)
+
+
+def best_box_iou(maps, masks, thresholds=DEFAULT_THRESHOLDS) -> np.ndarray:
+    """(N, T): per image and threshold, the highest IoU of any component box with any mask box.
+
+    0 where the thresholded map is empty or the mask has no component.
+    """
+    maps, masks = check_maps_and_masks(maps, masks)
+    thresholds = np.asarray(thresholds, dtype=np.float64).ravel()
+    n, h, w = maps.shape
+    # Ground-truth boxes, padded to (N, G, 4); padding boxes get IoU 0 via `gt_valid`.
+    gt_image, gt_boxes_flat = _component_boxes(masks)
+    gt_image = gt_image[:, 0]
+    gt_count = np.bincount(gt_image, minlength=n)
+    g_max = max(int(gt_count.max(initial=0)), 1)
+    gt_slot = np.arange(gt_image.size) - np.repeat(np.cumsum(gt_count) - gt_count, gt_count)
+    gt_boxes = np.zeros((n, g_max, 4), np.int64)
+    gt_valid = np.zeros((n, g_max), bool)
+    gt_boxes[gt_image, gt_slot] = gt_boxes_flat
+    gt_valid[gt_image, gt_slot] = True
+
+    best = np.zeros((n, thresholds.size))
+    chunk = max(1, _LABEL_CHUNK_VOXELS // max(1, thresholds.size * h * w))
+    for start in range(0, n, chunk):  # chunks of images, bounded memory
+        stop = min(n, start + chunk)
+        binary = maps[start:stop, None] >= thresholds[None, :, None, None]  # (n_chunk, T, H, W)
+        plane, boxes = _component_boxes(binary)
+        if not len(boxes):
+            continue
+        image = plane[:, 0] + start
+        ious = box_iou(boxes[:, None, :], gt_boxes[image])  # (K, G)
+        component_best = np.where(gt_valid[image], ious, 0.0).max(axis=1)
+        np.maximum.at(best, (image, plane[:, 1]), component_best)
+    return best
+
+
+def max_box_accuracy(maps, masks, thresholds=DEFAULT_THRESHOLDS, iou_thresholds=IOU_THRESHOLDS) -> np.ndarray:
+    """MaxBoxAcc per IoU threshold (len(iou_thresholds),): max over t of the share of correct images."""
+    best = best_box_iou(maps, masks, thresholds)  # (N, T)
+    if best.shape[0] == 0:
+        return np.full(len(iou_thresholds), np.nan)
+    correct = best[None, :, :] >= np.asarray(iou_thresholds)[:, None, None]  # (D, N, T)
+    return correct.mean(axis=1).max(axis=1)
+
+
+def localisation_metrics(maps, masks, *, tau: float, tolerance: float = 15,
+                         thresholds=DEFAULT_THRESHOLDS) -> dict:
+    """All localisation metrics of one map method on images with non-empty masks.
+
+    Args:
+      maps: (N, H, W) in [0, 1]; masks: (N, H, W) {0, 1}.
+      tau: IoU/Dice threshold, chosen on the held-out labelled split (`choose_threshold`).
+      tolerance: pointing-game tolerance in pixels.
+      thresholds: grid for PxAP and MaxBoxAccV2.
+
+    Returns:
+      {"pointing_game", "energy_pointing_game", "iou", "dice", "pxap", "maxboxacc_v2",
+       "maxboxacc_iou30", "maxboxacc_iou50", "maxboxacc_iou70": float (NaN without images),
+       "tau", "tolerance": float, "n_images": int scored, "n_excluded": int empty masks}.
+    """
+    maps, masks = check_maps_and_masks(maps, masks)
+    keep = masks.any(axis=(1, 2))
+    maps, masks = maps[keep], masks[keep]
+    result = {"tau": float(tau), "tolerance": float(tolerance), "n_images": int(keep.sum()),
+              "n_excluded": int((~keep).sum())}
+    names = ("pointing_game", "energy_pointing_game", "iou", "dice", "pxap", "maxboxacc_v2",
+             "maxboxacc_iou30", "maxboxacc_iou50", "maxboxacc_iou70")
+    if not keep.any():
+        return {**{name: float("nan") for name in names}, **result}
+    iou, dice = iou_and_dice(maps, masks, tau)
+    box_accuracy = max_box_accuracy(maps, masks, thresholds, IOU_THRESHOLDS)
+    values = (pointing_game(maps, masks, tolerance).mean(), energy_pointing_game(maps, masks).mean(),
+              iou.mean(), dice.mean(), pxap(maps, masks, thresholds), box_accuracy.mean(), *box_accuracy)
+    return {**{name: float(value) for name, value in zip(names, values)}, **result}
