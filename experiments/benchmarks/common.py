@@ -1,0 +1,132 @@
+"""Shared pieces of the benchmark scripts: environment header, timing, table and JSON output.
+
+    import common                      # the scripts put this folder on sys.path
+    common.apply_project_xla_flags()   # before JAX starts its backend
+    print(common.environment_header())
+    median_s, min_s, max_s = common.timeit(fn, warmup=2, rounds=10)
+
+Every script prints the header (machine, versions, XLA flags, command), one JSON line per
+measurement and one table, so numbers can be compared across sessions and machines.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+# XLA flags the project sets by default (issue 6: keep every flag that helps, documented with
+# its measured effect). Empty until a measurement justifies one.
+PROJECT_XLA_FLAGS: tuple[str, ...] = ()
+
+
+def apply_project_xla_flags(extra: Sequence[str] = ()) -> str:
+    """Adds the project's XLA flags (and ``extra``) to ``XLA_FLAGS`` unless already set there.
+
+    Must run before JAX initialises its backend (before the first computation or device
+    query). Flags already in the environment win, so a user can override any of them.
+    Returns the resulting ``XLA_FLAGS``.
+    """
+    current = os.environ.get("XLA_FLAGS", "").split()
+    names = {flag.split("=")[0] for flag in current}
+    added = [flag for flag in (*PROJECT_XLA_FLAGS, *extra) if flag.split("=")[0] not in names]
+    os.environ["XLA_FLAGS"] = " ".join(current + added)
+    return os.environ["XLA_FLAGS"]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> str:
+    try:
+        with open("/proc/meminfo") as f:
+            kib = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
+        return f"{kib / 2 ** 20:.1f} GiB"
+    except (OSError, StopIteration, ValueError):
+        return "unknown"
+
+
+def _version(package: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(package)
+    except Exception:  # noqa: BLE001  (not installed, or no metadata)
+        return "-"
+
+
+def environment_header() -> str:
+    """'# '-prefixed lines: date, machine, CPU model and cores, memory, versions, devices, flags, command.
+
+    Initialises the JAX backend (to list devices): call `apply_project_xla_flags` first.
+    """
+    import jax
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    devices = jax.devices()
+    kinds = sorted({d.device_kind for d in devices})
+    versions = ", ".join(f"{p} {_version(p)}" for p in ("jax", "jaxlib", "flax", "numpy"))
+    lines = [
+        f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC",
+        f"machine: {platform.machine()}, {platform.system()} {platform.release()}",
+        f"cpu: {_cpu_model()}, {os.cpu_count()} cores ({usable} usable), memory {_memory_gib()}",
+        f"python {platform.python_version()}, {versions}",
+        f"jax backend: {jax.default_backend()}, {len(devices)} device(s): {', '.join(kinds)}",
+        f"XLA_FLAGS: {os.environ.get('XLA_FLAGS', '') or '(none)'}",
+        f"command: {shlex.join([os.path.basename(sys.executable)] + sys.argv)}",
+    ]
+    return "\n".join(f"# {line}" for line in lines)
+
+
+def timeit(fn: Callable[[], Any], warmup: int = 2, rounds: int = 10) -> tuple[float, float, float]:
+    """(median, min, max) seconds of ``fn()`` over ``rounds`` calls after ``warmup`` calls.
+
+    Each call's result is waited for (``jax.block_until_ready``), so asynchronous dispatch
+    does not hide the work; warm-up absorbs compilation.
+    """
+    import jax
+
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times), max(times)
+
+
+def json_line(row: dict) -> str:
+    """One measurement as a JSON line (floats rounded to 6 significant digits)."""
+    clean = {k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in row.items()}
+    return json.dumps(clean)
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
+    """A plain-text table; ``columns`` are (key, title, format spec such as '.1f' or '')."""
+    cells = [[title for _, title, _ in columns]]
+    for row in rows:
+        cells.append([("-" if row.get(key) is None else format(row[key], spec)) for key, _, spec in columns])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

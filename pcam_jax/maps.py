@@ -1,0 +1,346 @@
+"""Class activation maps: CAM, positive CAM, Grad-CAM, Grad-CAM++, LayerCAM and Score-CAM.
+
+Pure, batched functions that work under ``jax.jit`` (static shapes), ``jax.vmap`` and on
+inputs sharded over a mesh. Shapes::
+
+    features  (B, h, w, K)   the encoder's final map (20x20x128 for a 320x320 image)
+    weights   (K, C)         the head's dense kernel
+    targets   (B,) int       class per image; None = the predicted class
+    maps      (B, h, w)      at feature resolution; `postprocess` brings them to image size
+
+The gradient-based methods and Score-CAM take an ``apply_fn(images, feature_perturbation=None)
+-> (logits, features)`` (see `pcam_jax.models.classifier_apply_fn`): the perturbation is added
+to the features before the head, so the gradient with respect to it at zero is the gradient
+with respect to the feature map. Each method is one forward and one VJP for the whole batch.
+
+Conventions follow pytorch-grad-cam 1.5.7 so results are comparable with it: the same channel
+weights per method, ReLU on the weighted sum, then per-image min-max and bilinear resize
+(`postprocess`). CAM and positive CAM are returned without the ReLU (their definition).
+Class selection is always a one-hot contraction, never a gather with the targets: a gather
+with sharded indices fails on explicit meshes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+ApplyFn = Callable[..., tuple[Array, Array]]
+
+METHODS = ("cam", "positive_cam", "grad_cam", "grad_cam_pp", "layer_cam", "score_cam")
+_GRADIENT_METHODS = ("grad_cam", "grad_cam_pp", "layer_cam")
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: one-hot class selection, resizing, normalisation.
+
+
+def _one_hot(targets: Array, num_classes: int, dtype=jnp.float32) -> Array:
+    return jax.nn.one_hot(targets, num_classes, dtype=dtype)
+
+
+def _resolve_targets(targets: Array | None, logits: Array) -> Array:
+    """The given targets, or the predicted class (arg-max of the logits) where None."""
+    if targets is None:
+        return jnp.argmax(logits, axis=-1)
+    return jnp.asarray(targets)
+
+
+def _interpolation_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
+    """(n_out, n_in) linear-interpolation weights along one axis (built at trace time).
+
+    ``align_corners=False``: half-pixel centres clamped at the edges, as OpenCV's INTER_LINEAR
+    (pytorch-grad-cam's final resize) and ``jax.image.resize`` when upsampling.
+    ``align_corners=True``: corner pixels aligned, as ``torch.nn.UpsamplingBilinear2d``
+    (pytorch-grad-cam's Score-CAM masks).
+    """
+    if align_corners:
+        x = np.arange(n_out) * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(1)
+    else:
+        x = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    x = np.clip(x, 0.0, n_in - 1)
+    lo = np.floor(x).astype(np.int64)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = x - lo
+    m = np.zeros((n_out, n_in), np.float64)
+    np.add.at(m, (np.arange(n_out), lo), 1.0 - frac)
+    np.add.at(m, (np.arange(n_out), hi), frac)
+    return m.astype(np.float32)
+
+
+def _resize_spatial(x: Array, height: int, width: int, align_corners: bool = False) -> Array:
+    """Bilinear resize of axes 1 and 2 of a (B, h, w, ...) array to (B, height, width, ...)."""
+    rows = jnp.asarray(_interpolation_matrix(x.shape[1], height, align_corners), x.dtype)
+    cols = jnp.asarray(_interpolation_matrix(x.shape[2], width, align_corners), x.dtype)
+    # Two small matmuls (separable interpolation): cheap, exact, and shard-friendly on B.
+    return jnp.einsum("Hh,bhw...,Ww->bHW...", rows, x, cols, precision=_HIGHEST)
+
+
+def upsample(maps: Array, height: int, width: int, align_corners: bool = False) -> Array:
+    """Bilinear resize of maps (B, h, w) to (B, height, width).
+
+    Half-pixel centres clamped at the borders (OpenCV ``cv2.resize`` INTER_LINEAR, as
+    pytorch-grad-cam's final resize; equal to ``jax.image.resize(..., "bilinear")`` when
+    upsampling, without its antialiasing when downsampling). ``align_corners=True`` matches
+    ``torch.nn.UpsamplingBilinear2d``.
+    """
+    return _resize_spatial(maps, height, width, align_corners)
+
+
+def normalize(maps: Array, eps: float = 1e-7) -> Array:
+    """Per-image min-max to [0, 1]: ``(m - min) / (max - min + eps)`` over all non-batch axes.
+
+    Same as pytorch-grad-cam's ``scale_cam_image`` (eps 1e-7). A constant map gives zeros,
+    never NaN (also with eps = 0).
+    """
+    axes = tuple(range(1, maps.ndim))
+    shifted = maps - jnp.min(maps, axis=axes, keepdims=True)
+    span = jnp.max(shifted, axis=axes, keepdims=True)
+    safe = jnp.where(span > 0, span + eps, 1.0)
+    return jnp.where(span > 0, shifted / safe, jnp.zeros_like(shifted))
+
+
+def postprocess(maps: Array, height: int, width: int, eps: float = 1e-7) -> Array:
+    """Maps (B, h, w) -> (B, height, width) in [0, 1], in pytorch-grad-cam's order.
+
+    ReLU, per-image min-max, bilinear resize to the image (OpenCV convention), then min-max
+    once more (pytorch-grad-cam rescales the resized map when it aggregates layers), so the
+    result equals what pytorch-grad-cam returns for the same raw map.
+    """
+    maps = normalize(jax.nn.relu(maps), eps)
+    return normalize(upsample(maps, height, width), eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# CAM and positive CAM: one contraction of the features with the class's dense weights.
+
+
+def _check_features_and_weights(features: Array, weights: Array) -> None:
+    if features.ndim != 4 or weights.ndim != 2 or features.shape[-1] != weights.shape[0]:
+        raise ValueError(
+            f"expected features (B, h, w, K) and dense weights (K, C) with the same K; got "
+            f"features {features.shape} and weights {weights.shape}. Pass the head's kernel, "
+            "params['head']['dense']['kernel'], and the encoder's final feature map.")
+
+
+def class_weights(weights: Array, targets: Array, logit_difference: bool = False) -> Array:
+    """Per-image channel weights (B, K): ``W[:, c_b]``, or ``W[:, c_b] - W[:, other]``.
+
+    A one-hot contraction (no gather), so sharded targets work on explicit meshes.
+    """
+    num_classes = weights.shape[1]
+    selector = _one_hot(targets, num_classes, weights.dtype)
+    if logit_difference:
+        if num_classes != 2:
+            raise ValueError(f"logit_difference needs 2 classes; the dense weights have {num_classes}.")
+        selector = 2.0 * selector - 1.0  # +1 for the target, -1 for the other class
+    return jnp.einsum("kc,bc->bk", weights, selector, precision=_HIGHEST)
+
+
+def _weighted_sum(features: Array, channel_weights: Array) -> Array:
+    """sum_k w[b, k] * h[b, :, :, k] -> (B, h, w)."""
+    return jnp.einsum("bhwk,bk->bhw", features, channel_weights.astype(features.dtype), precision=_HIGHEST)
+
+
+def cam(features: Array, weights: Array, targets: Array) -> Array:
+    """Class activation map ``M_c = sum_k W[k, c] h_k`` (B, h, w), no ReLU (the definition)."""
+    _check_features_and_weights(features, weights)
+    return _weighted_sum(features, class_weights(weights, targets))
+
+
+def positive_cam(features: Array, weights: Array, targets: Array, logit_difference: bool = False) -> Array:
+    """Positive CAM (the paper's "PCAM"): ``sum_k relu(W[k, c]) h_k`` (B, h, w).
+
+    With ``logit_difference`` the weights are ``W[:, c] - W[:, other]`` (two classes) before
+    the ReLU: with a 2-way softmax only the logit difference matters.
+    """
+    _check_features_and_weights(features, weights)
+    return _weighted_sum(features, jax.nn.relu(class_weights(weights, targets, logit_difference)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient-based maps: one forward + one VJP for the batch, then one weighting per method.
+
+
+def forward_and_gradients(apply_fn: ApplyFn, images: Array, targets: Array | None = None):
+    """``(logits, features, grads, targets)`` from one forward and one VJP.
+
+    ``grads`` (B, h, w, K) is the gradient of ``sum_b logit[b, target_b]`` (a one-hot
+    contraction) with respect to the feature map; images are independent in eval mode, so
+    each image's slice is the gradient of its own target logit.
+    """
+    feature_struct = jax.eval_shape(lambda x: apply_fn(x)[1], images)
+    # On an explicit mesh the struct carries the features' sharding (None otherwise), so the
+    # perturbation, and with it the gradient, is sharded like the features.
+    zeros = jnp.zeros(feature_struct.shape, feature_struct.dtype, out_sharding=feature_struct.sharding)
+
+    def selected_logits(perturbation):
+        logits, features = apply_fn(images, perturbation)
+        chosen = jax.lax.stop_gradient(_resolve_targets(targets, logits))
+        # A scalar objective: its cotangent is 1.0, whatever the logits' sharding.
+        total = jnp.sum(logits * _one_hot(chosen, logits.shape[-1], logits.dtype))
+        return total, (logits, features, chosen)
+
+    _, vjp_fn, (logits, features, chosen) = jax.vjp(selected_logits, zeros, has_aux=True)
+    (grads,) = vjp_fn(jnp.ones((), logits.dtype))
+    return logits, features, grads, chosen
+
+
+def grad_cam_from_gradients(features: Array, grads: Array) -> Array:
+    """Grad-CAM: channel weights = spatial mean of the gradients; ReLU of the weighted sum."""
+    return jax.nn.relu(_weighted_sum(features, jnp.mean(grads, axis=(1, 2))))
+
+
+def grad_cam_pp_from_gradients(features: Array, grads: Array, eps: float = 1e-6) -> Array:
+    """Grad-CAM++ (pytorch-grad-cam's eq. 19 form).
+
+    ``alpha = g^2 / (2 g^2 + sum_hw(A) g^3 + eps)``, zero where ``g == 0``;
+    weights = ``sum_hw(relu(g) * alpha)``; ReLU of the weighted sum.
+    """
+    g2 = grads * grads
+    g3 = g2 * grads
+    sum_activations = jnp.sum(features, axis=(1, 2), keepdims=True)
+    alpha = g2 / (2.0 * g2 + sum_activations * g3 + eps)
+    alpha = jnp.where(grads != 0, alpha, 0.0)
+    weights = jnp.sum(jax.nn.relu(grads) * alpha, axis=(1, 2))
+    return jax.nn.relu(_weighted_sum(features, weights))
+
+
+def layer_cam_from_gradients(features: Array, grads: Array) -> Array:
+    """LayerCAM: ``relu(sum_k relu(g_k) * A_k)``, a per-location weighting."""
+    return jax.nn.relu(jnp.sum(jax.nn.relu(grads) * features, axis=-1))
+
+
+def grad_cam(apply_fn: ApplyFn, images: Array, targets: Array | None = None) -> Array:
+    """Grad-CAM (Selvaraju et al. 2017) maps (B, h, w); targets None = predicted class."""
+    _, features, grads, _ = forward_and_gradients(apply_fn, images, targets)
+    return grad_cam_from_gradients(features, grads)
+
+
+def grad_cam_pp(apply_fn: ApplyFn, images: Array, targets: Array | None = None) -> Array:
+    """Grad-CAM++ (Chattopadhyay et al. 2018) maps (B, h, w); targets None = predicted class."""
+    _, features, grads, _ = forward_and_gradients(apply_fn, images, targets)
+    return grad_cam_pp_from_gradients(features, grads)
+
+
+def layer_cam(apply_fn: ApplyFn, images: Array, targets: Array | None = None) -> Array:
+    """LayerCAM (Jiang et al. 2021) maps (B, h, w); targets None = predicted class."""
+    _, features, grads, _ = forward_and_gradients(apply_fn, images, targets)
+    return layer_cam_from_gradients(features, grads)
+
+
+# ---------------------------------------------------------------------------------------------
+# Score-CAM: one masked forward per channel, channels in chunks (no Python loop over K).
+
+
+def score_cam_weights(apply_fn: ApplyFn, images: Array, features: Array, targets: Array,
+                      chunk: int = 32, channel_softmax: bool = True) -> Array:
+    """Score-CAM channel weights (B, K).
+
+    For each channel k: upsample ``h_k`` to the image (align_corners, as torch's
+    UpsamplingBilinear2d), min-max it per image (eps 1e-8), forward ``image * mask`` and
+    read the target's logit. Default (pytorch-grad-cam 1.5.7): softmax of those logits over
+    the channels. ``channel_softmax=False``: the target's softmax probability over the
+    classes instead (the Score-CAM paper's confidence), used as is.
+
+    Channels go in chunks of ``chunk`` through ``jax.lax.map``; each chunk is one batched
+    forward of ``B * chunk`` images (memory grows with it). K is zero-padded to a multiple
+    of ``chunk`` and the padded channels dropped.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    batch, height, width = images.shape[:3]
+    num_channels = features.shape[-1]
+    chunk = min(chunk, num_channels)
+    num_chunks = -(-num_channels // chunk)
+    padded = jnp.pad(features, [(0, 0)] * 3 + [(0, num_chunks * chunk - num_channels)])
+    # (num_chunks, B, h, w, chunk): lax.map runs one chunk of channels at a time.
+    chunks = jnp.moveaxis(padded.reshape(*padded.shape[:3], num_chunks, chunk), 3, 0)
+
+    def chunk_scores(feature_chunk):
+        masks = _resize_spatial(feature_chunk, height, width, align_corners=True)  # (B, H, W, c)
+        lo = jnp.min(masks, axis=(1, 2), keepdims=True)
+        hi = jnp.max(masks, axis=(1, 2), keepdims=True)
+        masks = (masks - lo) / (hi - lo + 1e-8)
+        masked = images[:, None] * jnp.moveaxis(masks, 3, 1)[..., None]  # (B, c, H, W, Cin)
+        logits, _ = apply_fn(masked.reshape(batch * chunk, *images.shape[1:]))
+        logits = logits.reshape(batch, chunk, -1)
+        values = logits if channel_softmax else jax.nn.softmax(logits, axis=-1)
+        selector = _one_hot(targets, logits.shape[-1], logits.dtype)
+        return jnp.einsum("bcn,bn->bc", values, selector, precision=_HIGHEST)  # (B, c)
+
+    scores = jax.lax.map(chunk_scores, chunks)  # (num_chunks, B, c)
+    scores = jnp.moveaxis(scores, 0, 1).reshape(batch, num_chunks * chunk)[:, :num_channels]
+    return jax.nn.softmax(scores, axis=-1) if channel_softmax else scores
+
+
+def score_cam(apply_fn: ApplyFn, images: Array, targets: Array | None = None, chunk: int = 32,
+              channel_softmax: bool = True) -> Array:
+    """Score-CAM (Wang et al. 2020) maps (B, h, w): ``relu(sum_k w_k h_k)``, weights from
+    `score_cam_weights`; targets None = predicted class on the unmasked images."""
+    logits, features = apply_fn(images)
+    targets = _resolve_targets(targets, logits)
+    weights = score_cam_weights(apply_fn, images, features, targets, chunk, channel_softmax)
+    return jax.nn.relu(_weighted_sum(features, weights))
+
+
+# ---------------------------------------------------------------------------------------------
+# Every method for one batch, sharing the forward pass.
+
+
+def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    methods = (methods,) if isinstance(methods, str) else tuple(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown map method(s) {unknown or methods!r}; choose from {METHODS}.")
+    return methods
+
+
+def all_maps(apply_fn: ApplyFn, weights: Array, images: Array, targets: Array | None = None,
+             methods: Sequence[str] = METHODS, chunk: int = 32) -> dict[str, Array]:
+    """``{method: maps (B, h, w)}`` for every requested method, sharing one forward pass.
+
+    CAM, positive CAM and the gradient methods come from a single forward (plus a single VJP
+    when a gradient method is asked for); Score-CAM adds its masked forwards. ``weights`` is
+    the head's dense kernel (K, C). Trace it inside one ``jax.jit`` (see `make_all_maps_fn`).
+    Targets None = predicted class, the same for every method.
+    """
+    methods = _check_methods(methods)
+    if any(m in _GRADIENT_METHODS for m in methods):
+        _, features, grads, targets = forward_and_gradients(apply_fn, images, targets)
+    else:
+        logits, features = apply_fn(images)
+        targets, grads = _resolve_targets(targets, logits), None
+    compute = {
+        "cam": lambda: cam(features, weights, targets),
+        "positive_cam": lambda: positive_cam(features, weights, targets),
+        "grad_cam": lambda: grad_cam_from_gradients(features, grads),
+        "grad_cam_pp": lambda: grad_cam_pp_from_gradients(features, grads),
+        "layer_cam": lambda: layer_cam_from_gradients(features, grads),
+        "score_cam": lambda: jax.nn.relu(_weighted_sum(
+            features, score_cam_weights(apply_fn, images, features, targets, chunk))),
+    }
+    return {m: compute[m]() for m in methods}
+
+
+def make_all_maps_fn(model, methods: Sequence[str] = METHODS, chunk: int = 32) -> Callable:
+    """Jitted ``fn(variables, images, targets=None) -> {method: (B, h, w)}`` for a `PCAMNet`.
+
+    Variables are an argument (not baked into the program), so one compilation serves every
+    checkpoint of the same shapes.
+    """
+    from pcam_jax.models import classifier_apply_fn  # the network module is optional here
+
+    methods = _check_methods(methods)
+
+    @jax.jit
+    def fn(variables: Mapping, images: Array, targets: Array | None = None):
+        kernel = variables["params"]["head"]["dense"]["kernel"]
+        return all_maps(classifier_apply_fn(model, variables), kernel, images, targets, methods, chunk)
+
+    return fn
