@@ -65,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.stage1 = ml_collections.ConfigDict(dict(
         num_epochs=10,
         class_weighted=False,         # weight the loss by inverse class frequency (MURA baseline)
+        abnormal_fraction=0.5,        # share of abnormal training images; class weights 0.5 / freq_c
     ))
     c.stage2 = ml_collections.ConfigDict(dict(
         num_epochs=10,

@@ -12,6 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 16
     c.data.eval_batch_size = 64
     c.stage1.class_weighted = True
+    c.stage1.abnormal_fraction = 0.404  # MURA v1.1 train: 14,873 of 36,808 images abnormal
     c.stage1.num_epochs = 30
     c.stage2.num_epochs = 30
     c.stage3.num_epochs = 10

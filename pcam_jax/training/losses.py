@@ -1,0 +1,164 @@
+"""The losses of the three stages (DESIGN.md section 1) as pure functions: arrays in, arrays out.
+
+Conventions: ``logits`` (B, C) with C = 2 (0 = normal, 1 = abnormal); ``labels`` (B,) int;
+``valid`` (B,) bool marks the rows that count (padding rows of a last batch do not). Every
+mean is over the rows that contribute and is 0 when no row does, so a batch without, say,
+abnormal images gives L2 = 0 rather than NaN.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from pcam_jax.maps import normalize, positive_cam, upsample
+
+Array = jax.Array
+
+ABNORMAL = 1
+MASK_MODES = ("keep", "erase")
+
+
+def _rows(valid: Array | None, batch_size: int) -> Array:
+    """Float (B,) row weights: 1 for rows that count, 0 otherwise."""
+    if valid is None:
+        return jnp.ones((batch_size,), jnp.float32)
+    return valid.astype(jnp.float32)
+
+
+def _mean_over_rows(per_row: Array, rows: Array) -> Array:
+    """sum_i rows_i * per_row_i / sum_i rows_i, and 0 when no row counts."""
+    return jnp.sum(rows * per_row) / jnp.maximum(jnp.sum(rows), 1.0)
+
+
+def cross_entropy(logits: Array, labels: Array, weights: Array | None = None,
+                  valid: Array | None = None) -> Array:
+    """Softmax cross-entropy, optionally class-weighted, averaged over the valid rows.
+
+    ``L = sum_i v_i * w[y_i] * (-log softmax(z_i)[y_i]) / sum_i v_i``
+
+    Args:
+      logits: (B, C).
+      labels: (B,) int class indices.
+      weights: optional (C,) per-class weights (``w = 1`` when None). Note the denominator is
+        the number of valid rows, not the sum of the weights: weights that average to one over
+        the data (as `class_weights` gives) keep the loss on the unweighted scale.
+      valid: optional (B,) bool.
+    """
+    logits = logits.astype(jnp.float32)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    if weights is not None:
+        nll = nll * jnp.asarray(weights, jnp.float32)[labels]
+    return _mean_over_rows(nll, _rows(valid, logits.shape[0]))
+
+
+def class_weights(abnormal_fraction: float) -> Array:
+    """Inverse-frequency class weights ``w_c = 0.5 / freq_c`` for (normal, abnormal).
+
+    They average to one over the data: ``(1 - p) * 0.5 / (1 - p) + p * 0.5 / p = 1``, and their
+    ratio ``w_abnormal / w_normal = (1 - p) / p`` is that of the MURA baseline's weighted loss
+    (``w_abnormal = |N| / (|A| + |N|)``, ``w_normal = |A| / (|A| + |N|)``).
+    """
+    p = float(abnormal_fraction)
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"abnormal_fraction must be in (0, 1), got {p}: set config.stage1.abnormal_fraction "
+                         "to the share of abnormal images in the training split")
+    return jnp.asarray([0.5 / (1.0 - p), 0.5 / p], jnp.float32)
+
+
+def attention_map(features: Array, head_kernel: Array, image_hw: tuple[int, int],
+                  logit_difference: bool = False) -> Array:
+    """Stage-2 attention ``A``: the abnormal class's positive CAM at image size, in [0, 1].
+
+    ``P = sum_k relu(W[k, abnormal]) * h_k`` (or with ``W[:, 1] - W[:, 0]`` when
+    ``logit_difference``), upsampled bilinearly to ``image_hw`` and min-max normalised per
+    image with an epsilon (a flat map gives zeros, not NaN). Differentiable in the features
+    and the kernel: this is the path by which L2 trains the encoder.
+
+    Args:
+      features: (B, h, w, K) encoder output.
+      head_kernel: (K, C) dense kernel of the head.
+      image_hw: (H, W) of the images.
+    Returns:
+      (B, H, W) float32.
+    """
+    targets = jnp.full((features.shape[0],), ABNORMAL, jnp.int32)
+    cam = positive_cam(features, head_kernel, targets, logit_difference=logit_difference)
+    return normalize(upsample(cam, int(image_hw[0]), int(image_hw[1])))
+
+
+def soft_mask(attention: Array, omega: float = 10.0, sigma: float = 0.5) -> Array:
+    """``T(A) = sigmoid(omega * (A - sigma))``, a differentiable threshold of A at sigma."""
+    return jax.nn.sigmoid(omega * (attention - sigma))
+
+
+def masked_images(images: Array, mask: Array, mode: str) -> Array:
+    """The masked-pass input: ``keep``: ``I * T(A)`` (the paper); ``erase``: ``I - I * T(A)`` (GAIN).
+
+    Args:
+      images: (B, H, W, 1) in [0, 1].
+      mask: (B, H, W) soft mask T(A) in [0, 1].
+    """
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r} (config.stage2.mask_mode)")
+    kept = images * mask[..., None]
+    return kept if mode == "keep" else images - kept
+
+
+def confidence_weight(accuracy: Array) -> Array:
+    """``lambda = e^P / e = exp(P - 1)``, a stop-gradient scalar in [1/e, 1] for P in [0, 1]."""
+    return jax.lax.stop_gradient(jnp.exp(jnp.asarray(accuracy, jnp.float32) - 1.0))
+
+
+def attention_loss(masked_logits: Array, labels: Array, mode: str, abnormal_only: bool = True,
+                   valid: Array | None = None) -> Array:
+    """L2, the loss of the masked pass, averaged over the contributing rows (0 when none).
+
+    Contributing rows: valid, and abnormal (``labels == 1``) when ``abnormal_only``.
+
+    - ``keep``: cross-entropy of the true label on ``I * T(A)``:
+      ``L2 = mean_i -log softmax(z*_i)[y_i]``: the attended area alone must carry the decision.
+    - ``erase`` (GAIN's attention mining): the abnormal probability of what is left,
+      ``L2 = mean_i softmax(z*_i)[abnormal]``, minimised: the map must cover all the evidence.
+
+    Args:
+      masked_logits: (B, C) logits of the masked pass.
+      labels: (B,) int.
+    """
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r} (config.stage2.mask_mode)")
+    rows = _rows(valid, masked_logits.shape[0])
+    if abnormal_only:
+        rows = rows * (labels == ABNORMAL).astype(jnp.float32)
+    log_probs = jax.nn.log_softmax(masked_logits.astype(jnp.float32), axis=-1)
+    if mode == "keep":
+        per_row = -jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    else:
+        per_row = jnp.exp(log_probs[:, ABNORMAL])
+    return _mean_over_rows(per_row, rows)
+
+
+def lesion_loss(pred_map: Array, mask: Array, valid: Array | None = None) -> Array:
+    """L3 = MSE between the decoder's lesion map and the lesion mask, over the valid images.
+
+    ``L3 = sum_i v_i * mean_xy (D_i(x, y) - M_i(x, y))^2 / sum_i v_i`` (0 when no image counts).
+
+    Args:
+      pred_map: (B, H, W) in [0, 1].
+      mask: (B, H, W) in {0, 1}.
+      valid: optional (B,) bool, e.g. ``has_mask & valid``.
+    """
+    per_image = jnp.mean(jnp.square(pred_map.astype(jnp.float32) - mask.astype(jnp.float32)), axis=(1, 2))
+    return _mean_over_rows(per_image, _rows(valid, pred_map.shape[0]))
+
+
+def stage_loss(l1: Array, l2: Array, l3: Array, lam: Array, l3_weight: float) -> Array:
+    """``L = (1 - lambda) * L1 + lambda * L2 + lambda' * L3`` (stage 2: lambda' = 0 or L3 = 0)."""
+    return (1.0 - lam) * l1 + lam * l2 + l3_weight * l3
+
+
+def accuracy(logits: Array, labels: Array, valid: Array | None = None) -> Array:
+    """Share of the valid rows whose arg-max class is the label (0 when no row is valid)."""
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return _mean_over_rows(correct, _rows(valid, logits.shape[0]))

@@ -1,0 +1,256 @@
+"""The train steps of the three stages on the tiny config (32x32 images)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pcam_jax import configs, models
+from pcam_jax.training import losses, steps
+from pcam_jax.training.state import (carry_over, create_train_state, make_optimizer,
+                                     update_accuracy_ema)
+
+
+def fake_batch(n, size=32, seed=0, valid_rows=None):
+    """A batch per pcam_jax.data: half abnormal, each abnormal image with a bright square lesion."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = rng.uniform(0.0, 0.5, size=(n, size, size, 1)).astype(np.float32)
+    masks = np.zeros((n, size, size), np.float32)
+    for i in np.flatnonzero(labels):
+        y, x = rng.integers(0, size - 8, size=2)
+        masks[i, y:y + 8, x:x + 8] = 1.0
+        images[i, y:y + 8, x:x + 8, 0] += 0.5
+    valid = np.ones(n, bool) if valid_rows is None else np.arange(n) < valid_rows
+    return dict(image=images, label=labels.astype(np.int32), mask=masks, has_mask=labels == 1, valid=valid,
+                path=np.array([f"img{i}.png" for i in range(n)], object))
+
+
+def device_batch(batch):
+    return {k: jnp.asarray(v) for k, v in batch.items() if k != "path"}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    config = configs.get_config("tiny")
+    model = models.create_model(config.model)
+    # jitted (and so in the persistent compilation cache): eager Flax init is slow
+    state = jax.jit(lambda key: create_train_state(config, model, key))(jax.random.key(0))
+    return config, model, state
+
+
+def _tree_equal(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _tree_max_diff(a, b):
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
+               zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_optimizer_state_structure_is_the_same_in_every_stage(setup):
+    config, _, state = setup
+    for frozen in ((), ("decoder",)):
+        for name, wd in (("adam", 0.0), ("adam", 0.1), ("adamw", 0.1)):
+            c = configs.get_config("tiny")
+            c.optimizer.name, c.optimizer.weight_decay = name, wd
+            s = make_optimizer(c, frozen_parts=frozen).init(state["params"])
+            assert jax.tree.structure(s) == jax.tree.structure(make_optimizer(c).init(state["params"]))
+    assert jax.tree.structure(state["opt_state"]) == jax.tree.structure(
+        make_optimizer(config, frozen_parts=("decoder",)).init(state["params"]))
+    c = configs.get_config("tiny")
+    c.optimizer.name = "sgd"
+    with pytest.raises(ValueError, match="optimizer.name"):
+        make_optimizer(c)
+
+
+def test_stage1_step_learns_and_leaves_decoder_untouched(setup):
+    config, model, state = setup
+    config = configs.get_config("tiny")
+    config.stage1.class_weighted, config.stage1.abnormal_fraction = True, 0.25
+    step = jax.jit(steps.make_train_step(1, config, model))
+    batch = device_batch(fake_batch(8))
+    s, history = state, []
+    for _ in range(6):
+        s, metrics = step(s, batch)
+        history.append({k: float(v) for k, v in metrics.items()})
+    first, last = history[0], history[-1]
+    assert all(math.isfinite(v) for h in history for v in h.values())
+    assert first["nonfinite"] == 0.0 and first["l2"] == 0.0 and first["l3"] == 0.0
+    assert last["loss"] < first["loss"]  # six Adam steps on one batch fit it better
+    # loss of the first step = class-weighted CE of the plain pass at the initial params
+    logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0])(
+        {"params": state["params"], "batch_stats": state["batch_stats"]}, batch["image"])
+    p = np.asarray(jax.nn.softmax(logits))
+    nll = -np.log(p[np.arange(8), np.asarray(batch["label"])])
+    weights = np.where(np.asarray(batch["label"]) == 1, 0.5 / 0.25, 0.5 / 0.75)
+    np.testing.assert_allclose(first["loss"], np.mean(weights * nll), rtol=1e-5)
+    assert int(s["step"]) == 6
+    assert _tree_equal(s["params"]["decoder"], state["params"]["decoder"])
+    assert not _tree_equal(s["params"]["encoder"], state["params"]["encoder"])
+
+
+def test_stage2_step_with_weight_decay_and_lambda(setup):
+    _, model, _ = setup
+    config = configs.get_config("tiny")
+    config.optimizer.name, config.optimizer.weight_decay = "adamw", 0.1  # would shrink an unfrozen decoder
+    state = create_train_state(config, model, jax.random.key(0))
+    step = jax.jit(steps.make_train_step(2, config, model))
+    batch = device_batch(fake_batch(8, valid_rows=7))
+    s1, m1 = step(state, batch)
+    s2, m2 = step(s1, device_batch(fake_batch(8, seed=1)))
+    m1 = {k: float(v) for k, v in m1.items()}
+    assert all(math.isfinite(v) for v in m1.values()) and m1["nonfinite"] == 0.0
+    # lambda = exp(P - 1) with P the bias-corrected EMA: after one batch, P = its accuracy
+    np.testing.assert_allclose(m1["accuracy_ema"], m1["accuracy"], rtol=1e-6)
+    np.testing.assert_allclose(m1["confidence"], math.exp(m1["accuracy"] - 1), rtol=1e-6)
+    np.testing.assert_allclose(m1["loss"], (1 - m1["confidence"]) * m1["l1"] + m1["confidence"] * m1["l2"],
+                               rtol=1e-5)
+    assert m1["l2"] > 0.0
+    # second batch: m_2 = m_1 + (1 - d) / (1 - d^2) (a_2 - m_1) = m_1 + (a_2 - m_1) / (1 + d)
+    d = config.stage2.accuracy_ema
+    np.testing.assert_allclose(float(m2["accuracy_ema"]),
+                               m1["accuracy"] + (float(m2["accuracy"]) - m1["accuracy"]) / (1 + d), rtol=1e-5)
+    np.testing.assert_allclose(float(s2["confidence"]["accuracy_ema"]), float(m2["accuracy_ema"]))
+    assert _tree_equal(s2["params"]["decoder"], state["params"]["decoder"])
+    assert not _tree_equal(s2["batch_stats"], state["batch_stats"])
+
+
+def test_confidence_from_validation_accuracy(setup):
+    _, model, state = setup
+    config = configs.get_config("tiny")
+    config.stage2.confidence = "validation"
+    loss_fn = jax.jit(steps.make_loss_fn(2, config, model))
+    s = dict(state, confidence={"accuracy_ema": jnp.float32(0.1), "val_accuracy": jnp.float32(0.8)})
+    _, aux = loss_fn(state["params"], s, device_batch(fake_batch(8)))
+    np.testing.assert_allclose(float(aux["metrics"]["confidence"]), math.exp(0.8 - 1), rtol=1e-6)
+
+
+def test_update_accuracy_ema_closed_form():
+    d, m = 0.9, jnp.float32(0.123)  # the starting value plays no part
+    m = update_accuracy_ema(m, 0.5, jnp.int32(0), d)
+    np.testing.assert_allclose(m, 0.5, rtol=1e-6)
+    m = update_accuracy_ema(m, 1.0, jnp.int32(1), d)
+    # debiased: ((1 - d) d * 0.5 + (1 - d) * 1.0) / (1 - d^2) = (0.045 + 0.1) / 0.19
+    np.testing.assert_allclose(m, 0.145 / 0.19, rtol=1e-6)
+
+
+def _l2_of_mask_params(model, config, state, batch, stop_mask):
+    """L2 as a function of the encoder params that make the mask only; masked pass params fixed."""
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+    def l2(mask_encoder):
+        p = dict(state["params"], encoder=mask_encoder)
+        (_, features), _ = model.apply({"params": p, "batch_stats": state["batch_stats"]}, batch["image"],
+                                       train=True, mutable=["batch_stats"])
+        _, mask = steps.attention_and_mask(features, p, (32, 32), config.stage2)
+        if stop_mask:
+            mask = jax.lax.stop_gradient(mask)
+        logits, _ = model.apply(variables, losses.masked_images(batch["image"], mask, "keep"), train=False)
+        return losses.attention_loss(logits, batch["label"], "keep", True, batch["valid"])
+
+    return jax.jit(jax.grad(l2))(state["params"]["encoder"])
+
+
+def test_stage2_encoder_gets_gradient_from_l2_through_the_mask(setup, monkeypatch):
+    config, model, state = setup
+    batch = device_batch(fake_batch(8))
+    # (a) The mask path alone: L2 as a function of the encoder params that produce T(A), the
+    # masked pass held fixed. Nonzero; exactly zero once the mask is stop-gradiented.
+    through_mask = _l2_of_mask_params(model, config, state, batch, stop_mask=False)
+    stopped = _l2_of_mask_params(model, config, state, batch, stop_mask=True)
+    assert optax_norm(through_mask) > 1e-6
+    assert optax_norm(stopped) == 0.0
+    # (b) The real loss function keeps that path: its encoder gradient of L2 changes by the
+    # mask-path gradient when soft_mask is replaced by a stop-gradient copy.
+    loss_fn = steps.make_loss_fn(2, config, model)
+    grad_l2 = lambda: jax.jit(jax.grad(lambda p: loss_fn(p, state, batch)[1]["metrics"]["l2"]))(
+        state["params"])["encoder"]
+    full = grad_l2()
+    soft_mask = losses.soft_mask
+    monkeypatch.setattr(losses, "soft_mask", lambda a, o, s: jax.lax.stop_gradient(soft_mask(a, o, s)))
+    cut = grad_l2()
+    difference = jax.tree.map(lambda a, b: a - b, full, cut)
+    np.testing.assert_allclose(optax_norm(difference), optax_norm(through_mask), rtol=1e-3)
+    assert _tree_max_diff(difference, through_mask) < 1e-3 * optax_norm(through_mask)
+
+
+def optax_norm(tree):
+    return float(jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))))
+
+
+def test_masked_pass_does_not_update_batch_stats_and_modes_differ(setup):
+    _, model, state = setup
+    batch = device_batch(fake_batch(8))
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    (_, features), plain_only = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
+    _, mask = steps.attention_and_mask(features, state["params"], (32, 32), configs.get_config("tiny").stage2)
+    abnormal = np.asarray(batch["label"]) == 1
+    l2 = {}
+    for mode in ("keep", "erase"):
+        config = configs.get_config("tiny")
+        config.stage2.mask_mode = mode
+        _, aux = jax.jit(steps.make_loss_fn(2, config, model))(state["params"], state, batch)
+        # batch_stats after the step's passes = after the plain pass alone: the masked pass adds no update
+        assert _tree_max_diff(aux["batch_stats"], plain_only["batch_stats"]) < 1e-6
+        l2[mode] = float(aux["metrics"]["l2"])
+    # independent L2 of each mode from the masked images, in eval mode (running statistics)
+    keep_logits, _ = model.apply(variables, batch["image"] * mask[..., None], train=False)
+    erase_logits, _ = model.apply(variables, batch["image"] * (1.0 - mask[..., None]), train=False)
+    keep_p = np.asarray(jax.nn.softmax(keep_logits))[abnormal]
+    erase_p = np.asarray(jax.nn.softmax(erase_logits))[abnormal]
+    np.testing.assert_allclose(l2["keep"], np.mean(-np.log(keep_p[:, 1])), rtol=1e-4)
+    np.testing.assert_allclose(l2["erase"], np.mean(erase_p[:, 1]), rtol=1e-4)
+    assert abs(l2["keep"] - l2["erase"]) > 1e-3
+
+
+def test_stage3_step_from_stage2_trains_the_decoder(setup):
+    config, model, state = setup
+    fresh = models.init_variables(model, jax.random.key(1), 32)
+    previous = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    variables = carry_over(previous, fresh)
+    assert _tree_equal(variables["params"]["encoder"], state["params"]["encoder"])
+    assert _tree_equal(variables["params"]["head"], state["params"]["head"])
+    assert _tree_equal(variables["params"]["decoder"], fresh["params"]["decoder"])
+    s0 = create_train_state(config, model, jax.random.key(2), init_params=variables)
+    step = jax.jit(steps.make_train_step(3, config, model))
+    labelled = fake_batch(4, seed=3)
+    labelled["label"][:] = 1
+    labelled["has_mask"][:] = True
+    s1, m = step(s0, device_batch(fake_batch(8)), device_batch(labelled))
+    m = {k: float(v) for k, v in m.items()}
+    assert all(math.isfinite(v) for v in m.values()) and m["nonfinite"] == 0.0
+    assert m["l3"] > 0.0
+    np.testing.assert_allclose(m["loss"], (1 - m["confidence"]) * m["l1"] + m["confidence"] * m["l2"]
+                               + config.stage3.l3_weight * m["l3"], rtol=1e-5)
+    # L3 at the initial params = MSE of the decoder's training-mode map against the masks
+    pred, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, method=models.PCAMNet.segment,
+                                               mutable=["batch_stats"]))(variables, jnp.asarray(labelled["image"]))
+    np.testing.assert_allclose(m["l3"], np.mean((np.asarray(pred) - labelled["mask"]) ** 2), rtol=1e-4)
+    assert not _tree_equal(s1["params"]["decoder"], s0["params"]["decoder"])
+    with pytest.raises(ValueError, match="labelled_batch"):
+        steps.make_train_step(3, config, model)(s0, device_batch(fake_batch(8)))
+
+
+def test_init_params_of_another_network_is_a_clear_error(setup):
+    config, model, state = setup
+    other = configs.get_config("tiny")
+    other.model.widths = (4, 16)
+    other_model = models.create_model(other.model)
+    wrong = jax.eval_shape(lambda: models.init_variables(other_model, jax.random.key(0), 32))
+    with pytest.raises(ValueError, match="shape"):
+        create_train_state(config, model, jax.random.key(0), init_params=wrong)
+
+
+def test_eval_step(setup):
+    _, model, state = setup
+    batch = device_batch(fake_batch(8))
+    out = steps.make_eval_step(model)(state, batch)
+    logits, _ = model.apply({"params": state["params"], "batch_stats": state["batch_stats"]}, batch["image"])
+    np.testing.assert_allclose(out["logits"], logits, rtol=1e-6)
+    np.testing.assert_allclose(out["probs"], 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1])), rtol=1e-5)
+    maps = steps.make_map_step(configs.get_config("tiny"), model)(state, batch["image"])
+    assert maps["attention"].shape == maps["mask"].shape == (8, 32, 32)
+    assert float(maps["attention"].min()) >= 0.0 and float(maps["attention"].max()) <= 1.0
