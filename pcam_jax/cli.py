@@ -25,11 +25,21 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _underscored(arg: str) -> str:
+    """``--manual-dir=X`` -> ``--manual_dir=X``: absl flags are spelled with underscores."""
+    if not arg.startswith("--") or arg.startswith("--config."):
+        return arg
+    name, eq, value = arg[2:].partition("=")
+    return "--" + name.replace("-", "_") + eq + value
+
+
 def resolve_config_argv(argv: list[str]) -> list[str]:
-    """Let ``--config synthetic`` name a preset: rewrite it to the preset's file path."""
+    """Accept hyphenated flag names, and let ``--config synthetic`` name a preset (rewritten to
+    the preset's file path)."""
     from pcam_jax.configs import PRESETS, config_path
 
     out, i = [], 0
+    argv = [_underscored(a) for a in argv]
     while i < len(argv):
         arg = argv[i]
         if arg == "--config" and i + 1 < len(argv):

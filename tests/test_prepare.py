@@ -72,7 +72,7 @@ def test_bad_manual_dir_exits_non_zero_with_the_reason(tmp_path, argv, message):
 def test_incomplete_tree_lists_what_is_missing(tmp_path):
     (tmp_path / "MURA-v1.1" / "train").mkdir(parents=True)
     with pytest.raises(SystemExit) as exit_info:
-        run_main(["mura", f"--manual-dir={tmp_path}", f"--data-dir={tmp_path / 'out'}"])
+        run_main(["mura", f"--manual_dir={tmp_path}", f"--data_dir={tmp_path / 'out'}"])
     message = str(exit_info.value.code)
     assert "train_image_paths.csv" in message and "MURA-v1.1/valid" in message
     assert "missing" in message

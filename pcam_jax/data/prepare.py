@@ -25,12 +25,10 @@ FLAGS = flags.FLAGS
 
 
 def _define(define, name: str, *args, **kwargs) -> None:
-    """Defines a flag (and its hyphenated alias) unless another command module already did."""
+    """Defines a flag unless another command module already did (hyphenated spellings such
+    as --manual-dir are rewritten to --manual_dir by `pcam_jax.cli`)."""
     if name not in FLAGS:
         define(name, *args, **kwargs)
-    hyphenated = name.replace("_", "-")
-    if hyphenated != name and hyphenated not in FLAGS:
-        flags.DEFINE_alias(hyphenated, name)
 
 
 _define(flags.DEFINE_string, "config", None,

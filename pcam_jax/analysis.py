@@ -1,0 +1,139 @@
+"""The analysis API: load a trained run, predict, and compute any map on your own images.
+
+    import pcam_jax
+    run = pcam_jax.load("work/demo", stage=3)
+    probs = run.predict(images)                      # (B,) probability of "abnormal"
+    maps = run.maps(images, method="positive_cam")   # (B, H, W) in [0, 1], at the input size
+
+Everything comes from the checkpoint in the work directory: the config (so the right network
+is rebuilt), the parameters and the BatchNorm statistics. Images may be numpy or JAX arrays of
+any batch size: (H, W), (B, H, W) or (B, H, W, C) with C in {1, 3}, uint8 in [0, 255] or float
+in [0, 1]. They are resized (plain bilinear stretch) to the training image size, run through
+jitted functions in fixed-size chunks (so a new batch size never recompiles), and maps are
+resized back to the input size. Map post-processing follows pytorch-grad-cam: ReLU, per-image
+min-max to [0, 1], bilinear resize.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pcam_jax import maps as maps_lib
+from pcam_jax.models import PCAMNet, create_model
+
+DECODER = "decoder"
+METHODS = maps_lib.METHODS + (DECODER,)
+
+
+def as_model_input(images, image_size: int) -> np.ndarray:
+    """Images of any accepted layout and dtype -> float32 (B, S, S, 1) in [0, 1]."""
+    x = np.asarray(images)
+    is_uint8 = x.dtype == np.uint8
+    x = x.astype(np.float32) / 255.0 if is_uint8 else x.astype(np.float32)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"images must be (H, W), (B, H, W) or (B, H, W, C) with C in 1/3/4; got shape {x.shape}")
+    if x.shape[-1] > 1:  # RGB(A) -> luminance, as PIL's "L" conversion
+        x = (x[..., :3] @ np.asarray([0.299, 0.587, 0.114], np.float32))[..., None]
+    if not is_uint8 and x.size and (np.nanmin(x) < -1e-3 or np.nanmax(x) > 1.0 + 1e-3):
+        raise ValueError("float images must be in [0, 1] (or pass uint8 in [0, 255]); "
+                         f"got values in [{np.nanmin(x):.3g}, {np.nanmax(x):.3g}]")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("images contain NaN or Inf")
+    if x.shape[1:3] != (image_size, image_size):
+        x = np.asarray(jax.image.resize(x, (x.shape[0], image_size, image_size, 1), "bilinear"))
+    return np.clip(x, 0.0, 1.0)
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained stage: its config, variables and jitted functions (see module docstring)."""
+
+    config: Any
+    variables: dict
+    stage: int
+    step: int
+    chunk: int = 16
+
+    def __post_init__(self):
+        self.model = create_model(self.config.model)
+        self.image_size = int(self.config.data.image_size)
+        model = self.model
+        self._probs = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x)[0])[:, 1])
+        self._decoder = jax.jit(lambda v, x: model.apply(v, x, method=PCAMNet.segment))
+        self._maps_fns = {}
+
+    def _maps_fn(self, methods: tuple[str, ...]):
+        if methods not in self._maps_fns:  # one jitted program per method set
+            self._maps_fns[methods] = maps_lib.make_all_maps_fn(
+                self.model, methods, chunk=int(self.config.eval.score_cam_chunk))
+        return self._maps_fns[methods]
+
+    def _chunks(self, x: np.ndarray):
+        """Yields (padded chunk, number of real rows) in fixed-size chunks (one compilation)."""
+        for start in range(0, len(x), self.chunk):
+            part = x[start:start + self.chunk]
+            n = len(part)
+            if n < self.chunk:
+                part = np.concatenate([part, np.zeros((self.chunk - n,) + part.shape[1:], part.dtype)])
+            yield part, n
+
+    def predict(self, images) -> np.ndarray:
+        """Probability of the abnormal class, (B,)."""
+        x = as_model_input(images, self.image_size)
+        out = [np.asarray(self._probs(self.variables, part))[:n] for part, n in self._chunks(x)]
+        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+    def raw_maps(self, model_images: np.ndarray, methods=("positive_cam",), targets=None) -> dict[str, np.ndarray]:
+        """{method: maps} for images already at the model's size, (B, S, S, 1) in [0, 1].
+
+        Classifier maps are at feature resolution, as the map functions return them; the
+        decoder map is at image resolution. Targets None: the abnormal class (1), the class
+        whose lesion we want to see, for every image.
+        """
+        methods = tuple(methods)
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown map method(s) {unknown}; choose from {METHODS}")
+        if DECODER in methods and "decoder" not in self.variables["params"]:
+            raise ValueError("the decoder map needs a stage-3 run")
+        classifier_methods = tuple(m for m in methods if m != DECODER)
+        out = {m: [] for m in methods}
+        for start, (part, n) in zip(range(0, len(model_images), self.chunk), self._chunks(model_images)):
+            if classifier_methods:
+                t = (np.ones(len(part), np.int32) if targets is None
+                     else _pad(np.asarray(targets, np.int32)[start:start + n], len(part)))
+                result = self._maps_fn(classifier_methods)(self.variables, part, t)
+                for m in classifier_methods:
+                    out[m].append(np.asarray(result[m])[:n])
+            if DECODER in methods:
+                out[DECODER].append(np.asarray(self._decoder(self.variables, part))[:n])
+        return {m: np.concatenate(v) for m, v in out.items()}
+
+    def maps(self, images, method: str = "positive_cam", targets=None) -> np.ndarray:
+        """(B, H, W) map in [0, 1] at the input images' size; see the module docstring."""
+        x = as_model_input(images, self.image_size)
+        raw = self.raw_maps(x, (method,), targets)[method]
+        shape = np.asarray(images).shape
+        height, width = (shape[0], shape[1]) if np.asarray(images).ndim == 2 else (shape[1], shape[2])
+        return np.asarray(maps_lib.postprocess(jnp.asarray(raw), height, width))
+
+
+def _pad(a: np.ndarray, n: int) -> np.ndarray:
+    return np.concatenate([a, np.zeros((n - len(a),) + a.shape[1:], a.dtype)]) if len(a) < n else a
+
+
+def load(workdir, stage: int = 3, which: str | int = "best") -> Run:
+    """The trained `stage` of the run in `workdir` (best checkpoint by default), from its checkpoint alone."""
+    from pcam_jax.training import checkpointing
+
+    config, variables, meta = checkpointing.restore_for_eval(workdir, stage, which)
+    return Run(config=config, variables=variables, stage=stage, step=int(meta.get("step", -1)))

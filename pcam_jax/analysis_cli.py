@@ -1,0 +1,88 @@
+"""``pcam-jax maps --workdir DIR [--method positive_cam] --out DIR IMAGE...``
+
+Writes one overlay PNG per input image (PNG or JPEG of any size, RGB or gray) and
+``predictions.csv`` with the abnormal probability of each. Images given as a folder are
+searched for *.png/*.jpg/*.jpeg. A file that cannot be read is reported by name and the
+rest are still processed; the command exits non-zero if any file failed.
+"""
+
+import csv
+import pathlib
+import sys
+
+from absl import flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/.", allow_override=True)
+_STAGE = flags.DEFINE_integer("stage", None, "Stage to load; default the last trained one.", allow_override=True)
+_METHOD = flags.DEFINE_string("method", "positive_cam",
+                              "cam, positive_cam, grad_cam, grad_cam_pp, layer_cam, score_cam or decoder.",
+                              allow_override=True)
+_OUT = flags.DEFINE_string("out", None, "Output directory for overlays and predictions.csv.", allow_override=True)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def image_paths(arguments) -> list[pathlib.Path]:
+    paths = []
+    for arg in arguments:
+        path = pathlib.Path(arg)
+        if path.is_dir():
+            paths += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            paths.append(path)
+    return paths
+
+
+def read_gray(path: pathlib.Path):
+    """uint8 (H, W) of any PNG/JPEG, RGB or gray; raises ValueError naming the file."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L"))
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise ValueError(f"{path}: cannot read image ({error})") from None
+
+
+def main(argv):
+    import numpy as np
+    from PIL import Image
+
+    from pcam_jax.analysis import load
+    from pcam_jax.evaluation.evaluate import trained_stages
+    from pcam_jax.evaluation.figures import overlay
+
+    if not _WORKDIR.value or not _OUT.value:
+        raise SystemExit("pcam-jax maps: --workdir and --out are required")
+    paths = image_paths(argv[1:])
+    if not paths:
+        raise SystemExit("give one or more images (PNG/JPEG) or folders after the flags")
+    stages = trained_stages(_WORKDIR.value)
+    if not stages:
+        raise SystemExit(f"no checkpoints under {_WORKDIR.value}/checkpoints")
+    run = load(_WORKDIR.value, stage=_STAGE.value or stages[-1])
+    out = pathlib.Path(_OUT.value)
+    out.mkdir(parents=True, exist_ok=True)
+    failed, rows = [], []
+    for path in paths:
+        try:
+            image = read_gray(path)
+        except (ValueError, FileNotFoundError) as error:
+            failed.append(str(path))
+            print(f"skipped: {error}", file=sys.stderr)
+            continue
+        prob = float(run.predict(image)[0])
+        saliency = run.maps(image, method=_METHOD.value)[0]
+        name = f"{path.stem}_{_METHOD.value}.png"
+        Image.fromarray(overlay(image.astype(np.float32) / 255.0, saliency)).save(out / name)
+        rows.append((str(path), prob, int(prob > 0.5), name))
+        print(f"{path}: p(abnormal) = {prob:.3f} -> {out / name}")
+    with open(out / "predictions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "p_abnormal", "abnormal", "overlay"])
+        writer.writerows(rows)
+    print(f"{len(rows)} image(s) written to {out}; {len(failed)} could not be read")
+    if failed:
+        print("unreadable: " + ", ".join(failed), file=sys.stderr)
+        raise SystemExit(1)

@@ -1,0 +1,208 @@
+"""Score every map method of a trained run on the test split, from its checkpoints alone.
+
+`evaluate_workdir(workdir)` restores each trained stage (config from the checkpoint), runs
+the test split once, and writes to ``<workdir>/eval/``: metrics.json, report.md,
+figure2.png, pr_curves.png and confusion_matrix.png. Map methods scored:
+
+    stage1/{cam, positive_cam, grad_cam, grad_cam_pp, layer_cam, score_cam}
+    stage2/positive_cam            (the learnt attention map)
+    stage3/decoder, stage3/positive_cam
+
+Every map is made for the abnormal class, post-processed like pytorch-grad-cam (ReLU,
+per-image min-max, resize to the image) and compared with the lesion masks of test images
+that have one; IoU/Dice thresholds are chosen per method on the held-out labelled split,
+never on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from pcam_jax import analysis
+from pcam_jax import maps as maps_lib
+from pcam_jax.evaluation import classification, figures, localisation, report
+
+STAGE_METHODS = {
+    1: ("cam", "positive_cam", "grad_cam", "grad_cam_pp", "layer_cam", "score_cam"),
+    2: ("positive_cam",),
+    3: ("decoder", "positive_cam"),
+}
+# Figure 2 of the paper, done properly: image, mask, then these maps.
+FIGURE2_COLUMNS = {
+    "stage1/cam": "CAM", "stage1/positive_cam": "positive CAM", "stage1/grad_cam": "Grad-CAM",
+    "stage2/positive_cam": "stage 2", "stage3/decoder": "stage 3",
+}
+TEST_SPLIT = {"synthetic": "test", "mura": "valid"}
+THRESHOLD_SPLIT = {"synthetic": "heldout_labelled"}
+
+
+def trained_stages(workdir) -> list[int]:
+    """Stages with at least one checkpoint in `workdir`."""
+    from pcam_jax.training import checkpointing
+
+    found = []
+    for stage in (1, 2, 3):
+        directory = checkpointing.stage_directory(workdir, stage)
+        if directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir()):
+            found.append(stage)
+    return found
+
+
+def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *, with_maps: bool,
+             figure_rows: int = 0) -> dict[str, Any]:
+    """One pass over a split: probabilities per stage and post-processed maps per method.
+
+    Maps are kept only for rows that carry a lesion mask (normal images there have empty
+    masks and are counted, then excluded, by the localisation metrics).
+    """
+    from pcam_jax.data import pipeline
+
+    records = pipeline.load_records(config, split, data_dir)
+    size = int(config.data.image_size)
+    out = {"probs": {s: [] for s in runs}, "labels": [], "study_id": [], "body_part": [],
+           "maps": {f"stage{s}/{m}": [] for s in runs for m in STAGE_METHODS[s]} if with_maps else {},
+           "masks": [], "images": []}
+    for batch in pipeline.eval_batches(config, records):
+        valid = batch["valid"]
+        keep = valid & batch["has_mask"]
+        out["labels"].append(batch["label"][valid])
+        out["study_id"].append(batch["study_id"][valid])
+        out["body_part"].append(batch["body_part"][valid])
+        for stage, run in runs.items():
+            out["probs"][stage].append(run.predict(batch["image"][valid]))
+        if not (with_maps and keep.any()):
+            continue
+        images = batch["image"][keep]
+        for stage, run in runs.items():
+            for method, raw in run.raw_maps(images, STAGE_METHODS[stage]).items():
+                out["maps"][f"stage{stage}/{method}"].append(
+                    np.asarray(maps_lib.postprocess(jnp.asarray(raw), size, size), np.float32))
+        out["masks"].append(batch["mask"][keep].astype(np.uint8))
+        if sum(len(x) for x in out["images"]) < figure_rows:
+            out["images"].append(images[..., 0])
+    cat = lambda xs, shape=(0,): np.concatenate(xs) if xs else np.zeros(shape)
+    return {
+        "probs": {s: cat(v) for s, v in out["probs"].items()},
+        "labels": cat(out["labels"]).astype(np.int32),
+        "study_id": cat(out["study_id"]), "body_part": cat(out["body_part"]),
+        "maps": {k: cat(v, (0, size, size)) for k, v in out["maps"].items()},
+        "masks": cat(out["masks"], (0, size, size)),
+        "images": cat(out["images"], (0, size, size)),
+    }
+
+
+def _classification(test: dict, config) -> dict:
+    result = {}
+    for stage, probs in test["probs"].items():
+        entry = {"image": classification.classification_metrics(probs, test["labels"])}
+        studies = test["study_id"].astype(str)
+        if len(np.unique(studies)) < len(studies):  # MURA: several images per study
+            entry["study"] = classification.study_metrics(probs, studies, test["labels"])
+        groups = test["body_part"].astype(str)
+        if len(np.unique(groups)) > 1:
+            entry["per_group"] = classification.per_group_metrics(probs, test["labels"], groups, studies)
+        result[f"stage{stage}"] = entry
+    return result
+
+
+def _to_json(value):
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None = None,
+                     out_dir=None, which: str | int = "best", verbose: bool = True) -> dict:
+    """Evaluates every trained stage in `workdir`; writes and returns the metrics dict."""
+    from pcam_jax.training import checkpointing
+
+    workdir = pathlib.Path(workdir)
+    out_dir = pathlib.Path(out_dir) if out_dir else workdir / "eval"
+    stages = trained_stages(workdir)
+    if not stages:
+        raise FileNotFoundError(f"no checkpoints under {workdir / 'checkpoints'}: train first "
+                                f"(`pcam-jax train --workdir {workdir}`) or point --workdir at a run")
+    t0 = time.perf_counter()
+    runs = {s: analysis.load(workdir, s, which) for s in stages}
+    config = runs[stages[-1]].config
+    dataset = config.data.dataset
+    data_dir = data_dir or (str(config.data.data_dir) or None)
+    split = split or TEST_SPLIT.get(dataset, "test")
+    for stage, run in runs.items():
+        if run.config.data.image_size != config.data.image_size:
+            raise checkpointing.ConfigMismatchError(
+                f"stage {stage} was trained at image size {run.config.data.image_size}, stage "
+                f"{stages[-1]} at {config.data.image_size}: evaluate them from separate work directories")
+
+    n_figure = int(config.eval.num_figure_images)
+    test = _collect(runs, config, split, data_dir, with_maps=True, figure_rows=4 * n_figure)
+    metrics: dict[str, Any] = {
+        "split": split, "dataset": dataset, "workdir": str(workdir),
+        "checkpoint_steps": {f"stage{s}": r.step for s, r in runs.items()},
+        "classification": _classification(test, config),
+    }
+
+    scored = test["masks"].any(axis=(1, 2)) if len(test["masks"]) else np.zeros(0, bool)
+    if scored.any():
+        threshold_split = THRESHOLD_SPLIT.get(dataset)
+        held = (_collect(runs, config, threshold_split, data_dir, with_maps=True)
+                if threshold_split else None)
+        loc, curves = {}, {}
+        for name, maps in test["maps"].items():
+            if held is not None and held["masks"].any():
+                tau = localisation.choose_threshold(held["maps"][name], held["masks"])
+                tau_source = threshold_split
+            else:
+                tau, tau_source = 0.5, "default (no held-out labelled split)"
+            loc[name] = localisation.localisation_metrics(
+                maps, test["masks"], tau=tau, tolerance=float(config.eval.pointing_tolerance))
+            loc[name]["tau_chosen_on"] = tau_source
+            precision, recall, _ = localisation.pixel_precision_recall(maps[scored], test["masks"][scored])
+            curves[name] = (precision, recall)
+        metrics["localisation"] = loc
+        out_dir.mkdir(parents=True, exist_ok=True)
+        figures.pr_curves(curves).savefig(out_dir / "pr_curves.png", dpi=110, bbox_inches="tight")
+        metrics.setdefault("figures", {})["pr_curves"] = "pr_curves.png"
+
+        rows = np.flatnonzero(scored[:len(test["images"])])[:n_figure]
+        if len(rows):
+            columns = {title: test["maps"][name][rows] for name, title in FIGURE2_COLUMNS.items()
+                       if name in test["maps"]}
+            fig = figures.figure2(test["images"][rows], test["masks"][rows], columns)
+            fig.savefig(out_dir / "figure2.png", dpi=110, bbox_inches="tight")
+            metrics["figures"]["figure2"] = "figure2.png"
+    else:
+        metrics["localisation"] = {}
+        metrics["localisation_note"] = f"no test image of split {split!r} has a lesion mask"
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last = stages[-1]
+    predictions = (test["probs"][last] > 0.5).astype(np.int32)
+    figures.confusion_matrix_figure(test["labels"], predictions).savefig(
+        out_dir / "confusion_matrix.png", dpi=110, bbox_inches="tight")
+    metrics.setdefault("figures", {})["confusion_matrix"] = "confusion_matrix.png"
+    metrics["config"] = config.to_dict()
+    metrics["seconds"] = time.perf_counter() - t0
+    (out_dir / "metrics.json").write_text(json.dumps(_to_json(metrics), indent=2))
+    report.write_report(out_dir / "report.md", metrics)
+    if verbose:
+        print(report.localisation_table(metrics["localisation"]) if metrics["localisation"] else
+              metrics.get("localisation_note", ""))
+        print()
+        print(report.classification_table(metrics["classification"]))
+        print(f"\nwrote {out_dir}/metrics.json, report.md and figures ({metrics['seconds']:.0f} s)")
+    return metrics

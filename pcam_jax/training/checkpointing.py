@@ -1,0 +1,252 @@
+"""Orbax checkpoints: one `CheckpointManager` per stage, resume by default, restore for evaluation.
+
+Layout::
+
+    <workdir>/checkpoints/stage{N}/<step>/
+        state/     the train state: {"step", "params", "batch_stats", "opt_state", "confidence"}
+        meta/      JSON: stage, step, epoch, data position, confidence (lambda) state, the
+                   resolved config, and the model-selection metrics when saved after an eval
+        metrics/   the model-selection metrics (Orbax's own copy, used to rank "best")
+
+Retention: ONE manager per stage whose preservation policy keeps a checkpoint when it is
+among the latest ``config.train.keep_checkpoints`` OR it is the best one by
+``config.train.best_metric`` / ``best_mode``. Only end-of-epoch checkpoints carry metrics
+(mid-epoch ones, from ``train.checkpoint_every_steps``, do not), so "best" is always an
+end-of-epoch checkpoint, and the latest one is always there to resume from.
+
+Resume is checked, not trusted: `config_differences` compares the saved config with the
+current one (the sections that change what a checkpoint means) and `check_compatible`
+raises `ConfigMismatchError` naming every differing field.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import pathlib
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+from absl import logging as absl_logging
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocp_policies
+
+# Fields that may change between a run and its resumption without changing what the
+# checkpoint means: where the data lives, evaluation batching, prefetch depth, and the
+# number of epochs (extending a finished stage continues it). `train.*` and `eval.*`
+# (logging, checkpoint cadence, evaluation settings) are never compared.
+_RESUMABLE_FIELDS = ("data.data_dir", "data.prefetch", "data.eval_batch_size", "data.skip_corrupt")
+
+
+class _ExpectedOrbaxWarnings(logging.Filter):
+    """Mid-epoch checkpoints carry no metrics by design; Orbax warns about each one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+absl_logging.get_absl_logger().addFilter(_ExpectedOrbaxWarnings())
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing or cannot be used; the message says which and what to do."""
+
+
+class ConfigMismatchError(CheckpointError):
+    """The config of a checkpoint and the current config differ in fields that matter."""
+
+
+def stage_directory(workdir: str | pathlib.Path, stage: int) -> pathlib.Path:
+    return pathlib.Path(workdir).absolute() / "checkpoints" / f"stage{stage}"
+
+
+def config_to_json_dict(config: ml_collections.ConfigDict | Mapping) -> dict:
+    """The config as plain JSON types (tuples become lists), as it is stored in ``meta``."""
+    if isinstance(config, ml_collections.ConfigDict):
+        return json.loads(config.to_json_best_effort())
+    return json.loads(json.dumps(dict(config), default=str))
+
+
+def _compared_sections(stage: int, config: Mapping) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(sections compared, dotted fields ignored) when resuming stage ``stage``."""
+    sections = ["seed", "model", "data", "optimizer", f"stage{stage}"]
+    if config.get("data", {}).get("dataset") == "synthetic":
+        sections.append("synthetic")
+    ignored = list(_RESUMABLE_FIELDS) + [f"stage{stage}.num_epochs"]
+    if stage == 3:  # stage 3 optimises stage 2's loss too: its settings matter, its schedule not
+        sections.append("stage2")
+        ignored += ["stage2.num_epochs", "stage2.init_from"]
+    return tuple(sections), tuple(ignored)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_differences(saved: Mapping, current: Mapping, stage: int) -> list[str]:
+    """Lines ``"model.widths: checkpoint [4, 8], now [4, 16]"`` for fields that differ.
+
+    Both configs are JSON-style dicts (`config_to_json_dict`). Pure: no I/O.
+    """
+    sections, ignored = _compared_sections(stage, current)
+    flat_saved = {k: v for k, v in _flatten(dict(saved)).items() if k.split(".")[0] in sections}
+    flat_now = {k: v for k, v in _flatten(dict(current)).items() if k.split(".")[0] in sections}
+    lines = []
+    for key in sorted(set(flat_saved) | set(flat_now)):
+        if key in ignored:
+            continue
+        missing = "<absent>"
+        before, after = flat_saved.get(key, missing), flat_now.get(key, missing)
+        if before != after:
+            lines.append(f"{key}: checkpoint {before!r}, now {after!r}")
+    return lines
+
+
+def check_compatible(saved: Mapping, current: Mapping, stage: int, directory: Any) -> None:
+    """Raise `ConfigMismatchError` naming the differing fields, with the two ways out."""
+    differences = config_differences(saved, current, stage)
+    if differences:
+        raise ConfigMismatchError(
+            f"the stage {stage} checkpoint in {directory} was written with a different config:\n  "
+            + "\n  ".join(differences)
+            + "\nUse the config the run was started with (it is stored in the checkpoint's meta/ item), "
+              "or a new --workdir to start a new run.")
+
+
+class StageCheckpoints:
+    """The checkpoints of one stage: save, resume, best and latest.
+
+    ``save(state, meta, metrics)``: ``metrics`` (the model-selection metrics of an eval) make
+    the checkpoint a candidate for "best"; ``None`` for mid-epoch checkpoints.
+    Saves are asynchronous; call `wait` before reading them back and `close` at the end.
+    """
+
+    def __init__(self, workdir, stage: int, *, keep: int = 2, best_metric: str = "auroc",
+                 best_mode: str = "max", read_only: bool = False):
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"config.train.best_mode must be 'max' or 'min', got {best_mode!r}")
+        self.stage = stage
+        self.directory = stage_directory(workdir, stage)
+        self.best_metric, self.best_mode = best_metric, best_mode
+        worst = -math.inf if best_mode == "max" else math.inf
+
+        def metric_of(metrics):  # an undefined metric (NaN, e.g. AUROC of one class) ranks last
+            value = float(metrics[best_metric])
+            return worst if math.isnan(value) else value
+
+        policy = ocp_policies.AnyPreservationPolicy([
+            ocp_policies.LatestN(n=max(int(keep), 1)),
+            ocp_policies.BestN(get_metric_fn=metric_of, reverse=best_mode == "min", n=1,
+                               keep_checkpoints_without_metrics=False),
+        ])
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=None if read_only else policy, best_fn=metric_of, best_mode=best_mode,
+            read_only=read_only, create=not read_only)
+        if read_only and not self.directory.is_dir():
+            raise CheckpointError(f"no stage {stage} checkpoints: {self.directory} does not exist "
+                                  f"(train it with `pcam-jax train --stages {stage} ...`)")
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "meta"))
+
+    @classmethod
+    def from_config(cls, workdir, stage: int, config) -> "StageCheckpoints":
+        return cls(workdir, stage, keep=config.train.keep_checkpoints,
+                   best_metric=config.train.best_metric, best_mode=config.train.best_mode)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """Best end-of-epoch checkpoint by the metric; the latest one if none has metrics."""
+        best = self.manager.best_step()
+        return best if best is not None else self.manager.latest_step()
+
+    def save(self, state: dict, meta: Mapping, metrics: Mapping | None = None) -> None:
+        step = int(meta["step"])
+        if metrics is not None:
+            if self.best_metric not in metrics:
+                raise KeyError(f"config.train.best_metric={self.best_metric!r} is not among the "
+                               f"evaluation metrics {sorted(metrics)}")
+            metrics = {k: float(v) for k, v in metrics.items()}
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))),
+            metrics=metrics, force=True)
+
+    def read_meta(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore(self, target_state: dict, step: int | None = None) -> tuple[dict, dict]:
+        """(state, meta) at ``step`` (latest by default) with the structure and shardings of
+        ``target_state`` (arrays or `jax.ShapeDtypeStruct`s)."""
+        step = self.latest_step() if step is None else step
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        # Re-impose the target's tree structure (optax states are namedtuples).
+        state = jax.tree.unflatten(jax.tree.structure(target_state), jax.tree.leaves(restored["state"]))
+        return state, restored["meta"]
+
+    def restore_variables(self, step: int, sharding: jax.sharding.Sharding) -> dict:
+        """``{"params", "batch_stats"}`` at ``step``, every leaf placed with ``sharding``.
+
+        Built from the checkpoint's own metadata, so it needs neither the model nor the
+        optimizer that wrote it (carry-over between stages, evaluation, analysis).
+        """
+        tree = self.manager.item_metadata(step)["state"]
+        tree = getattr(tree, "tree", tree)
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        return {"params": restored["state"]["params"], "batch_stats": restored["state"]["batch_stats"]}
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def _select_step(checkpoints: StageCheckpoints, which: str | int) -> int:
+    if isinstance(which, int):
+        if which not in checkpoints.manager.all_steps():
+            raise CheckpointError(f"no step {which} in {checkpoints.directory}; "
+                                  f"available: {checkpoints.manager.all_steps()}")
+        return which
+    if which not in ("best", "latest"):
+        raise ValueError(f"which must be 'best', 'latest' or a step number, got {which!r}")
+    step = checkpoints.best_step() if which == "best" else checkpoints.latest_step()
+    if step is None:
+        raise CheckpointError(f"{checkpoints.directory} holds no checkpoint")
+    return step
+
+
+def restore_for_eval(workdir, stage: int, which: str | int = "best"
+                     ) -> tuple[ml_collections.ConfigDict, dict, dict]:
+    """(config, variables, meta) of a trained stage, from its checkpoint alone.
+
+    ``variables = {"params", "batch_stats"}`` on the first local device; the config is the
+    one stored in the checkpoint (so it rebuilds the right network); ``which`` is "best"
+    (by the run's own ``config.train.best_metric``), "latest" or a step.
+    """
+    checkpoints = StageCheckpoints(workdir, stage, read_only=True)
+    try:
+        latest = _select_step(checkpoints, "latest")
+        train = checkpoints.read_meta(latest)["config"].get("train", {})
+        if (train.get("best_metric", "auroc"), train.get("best_mode", "max")) != (
+                checkpoints.best_metric, checkpoints.best_mode):
+            checkpoints.close()  # rank "best" by the metric the run itself used
+            checkpoints = StageCheckpoints(workdir, stage, read_only=True, best_metric=train["best_metric"],
+                                           best_mode=train["best_mode"])
+        step = _select_step(checkpoints, which)
+        meta = checkpoints.read_meta(step)
+        device = jax.local_devices()[0]
+        variables = checkpoints.restore_variables(step, jax.sharding.SingleDeviceSharding(device))
+    finally:
+        checkpoints.close()
+    return ml_collections.ConfigDict(meta["config"]), variables, meta

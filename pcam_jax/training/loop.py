@@ -1,0 +1,355 @@
+"""One loop for all three stages: data, jitted steps on a mesh, evaluation, checkpoints, logs.
+
+`train_and_evaluate(config, workdir, stages=(1, 2, 3))` runs the stages in order. For each:
+
+- a fresh train state (stage 1; stage 2 from scratch or from stage 1's best checkpoint per
+  ``config.stage2.init_from``; stage 3 from stage 2's best encoder + head with a fresh
+  decoder), replicated over a mesh of all devices; batches sharded along ``data``;
+- if the stage has checkpoints, the latest one is restored (after checking its config
+  matches) and training resumes at its step, with the data stream at the same position;
+  a stage whose checkpoint is at or past its last step is skipped;
+- ``num_epochs * steps_per_epoch`` steps (``steps_per_epoch = num_train // batch_size``),
+  the next batch sharded onto the devices while the current step runs;
+- every ``train.log_every_steps`` (and at epoch ends) the metrics of the interval come to the
+  host in one transfer: the only host syncs of the step loop; a NaN/Inf loss stops the run
+  with `NonFiniteLossError` naming the first bad step, before anything is saved;
+- at each epoch end: evaluation on the model-selection split (image-level classification
+  metrics; its accuracy is the "validation" confidence source), then a checkpoint ranked by
+  ``train.best_metric``. Mid-epoch checkpoints every ``train.checkpoint_every_steps``.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Callable, Iterable, Iterator, Protocol
+
+import jax
+import numpy as np
+
+from pcam_jax import models
+from pcam_jax.data import DEVICE_KEYS
+from pcam_jax.training import checkpointing, mesh as mesh_lib, reporting, state as state_lib, steps
+
+STAGES = (1, 2, 3)
+# What `jax_disable_most_optimizations` sets, for programs that run once.
+_RUN_ONCE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+INIT_FROM = ("scratch", "stage1")
+NUM_IMAGE_SUMMARIES = 4
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf; ``stage``, ``step`` (first bad step) and the last good checkpoint."""
+
+    def __init__(self, stage: int, step: int, last_good_step: int | None, directory):
+        self.stage, self.step, self.last_good_step = stage, step, last_good_step
+        kept = (f"the last good checkpoint, step {last_good_step}, is kept in {directory}"
+                if last_good_step is not None else "no checkpoint of this stage had been saved")
+        super().__init__(
+            f"stage {stage}: the loss became NaN or Inf at step {step}; training stopped and nothing "
+            f"after it was saved ({kept}). Lower config.optimizer.learning_rate (or add warm-up), "
+            f"check the input data, or resume from the checkpoint with a changed config in a new --workdir.")
+
+
+class DataSource(Protocol):
+    """Where the loop's batches come from (numpy dicts per `pcam_jax.data`, per process)."""
+
+    steps_per_epoch: int   # whole batches per epoch of the train split
+
+    def train_batches(self, *, seed: int, start_step: int) -> Iterator[dict]: ...
+    def eval_batches(self) -> Iterable[dict]: ...
+    def labelled_batches(self, *, seed: int, start_step: int) -> Iterator[dict]: ...
+
+
+class PipelineData:
+    """`DataSource` over the TFDS datasets through `pcam_jax.data.pipeline`."""
+
+    def __init__(self, config, data_dir: str | None = None):
+        from pcam_jax.data import pipeline
+
+        self._pipeline, self._config = pipeline, config
+        self._data_dir = data_dir or (str(config.data.data_dir) or None)
+        self._process = dict(process_index=jax.process_index(), process_count=jax.process_count())
+        self._records = {}
+        self.steps_per_epoch = pipeline.steps_per_epoch(
+            config, pipeline.num_examples(config, "train", self._data_dir), jax.process_count())
+
+    def _split(self, split: str):
+        if split not in self._records:
+            self._records[split] = self._pipeline.load_records(self._config, split, self._data_dir)
+        return self._records[split]
+
+    def train_batches(self, *, seed, start_step):
+        return self._pipeline.train_batches(self._config, self._split("train"), seed=seed,
+                                            start_step=start_step, **self._process)
+
+    def eval_batches(self):
+        return self._pipeline.eval_batches(self._config, self._split("model_selection"), **self._process)
+
+    def labelled_batches(self, *, seed, start_step):
+        return self._pipeline.labelled_batches(self._config, self._split("train"), seed=seed,
+                                               start_step=start_step, **self._process)
+
+
+def prefetch_to_device(batches: Iterable[dict], mesh, depth: int = 2) -> Iterator[tuple[dict, dict]]:
+    """``(device_batch, host_batch)`` pairs, keeping ``depth`` batches already sent to the devices.
+
+    `jax.device_put` is asynchronous, so the transfer of batch ``i + 1`` overlaps step ``i``.
+    Only `DEVICE_KEYS` go to the devices; strings stay in ``host_batch``.
+    """
+    queue = collections.deque()
+    for host in batches:
+        queue.append((mesh_lib.shard_batch({k: host[k] for k in DEVICE_KEYS if k in host}, mesh), host))
+        if len(queue) >= max(depth, 1):
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def evaluate(eval_step: Callable, state: dict, batches: Iterable[dict], mesh) -> dict[str, float]:
+    """Image-level classification metrics over every valid example of ``batches``."""
+    from pcam_jax.evaluation.classification import classification_metrics
+
+    probs, labels, valid = [], [], []
+    for device_batch, _ in prefetch_to_device(batches, mesh):
+        out = eval_step(state, device_batch)
+        probs.append(out["probs"])
+        labels.append(device_batch["label"])
+        valid.append(device_batch["valid"])
+    if not probs:
+        raise ValueError("the model-selection split gave no batches: it is empty")
+    keep = np.concatenate([_to_host(v) for v in valid]).astype(bool)
+    p = np.concatenate([_to_host(x) for x in probs])[keep]
+    y = np.concatenate([_to_host(x) for x in labels])[keep]
+    metrics = classification_metrics(p, y)
+    # Scalars only (the counts and the reason an AUROC is undefined stay out of the logs).
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
+
+
+def _host_confidence(state: dict) -> dict[str, float]:
+    return {k: float(np.asarray(v.addressable_data(0))) for k, v in state["confidence"].items()}
+
+
+def _local_variables(state: dict) -> dict:
+    """Params and batch stats on this process's first device (for maps on process 0 only)."""
+    device = jax.local_devices()[0]
+    pick = lambda x: jax.device_put(x.addressable_data(0), device)
+    return {"params": jax.tree.map(pick, state["params"]), "batch_stats": jax.tree.map(pick, state["batch_stats"])}
+
+
+def _state_factory(config, model, *, carry: bool):
+    """``create(rng, previous) -> state``: fresh, or ``previous``'s encoder + head and a fresh rest."""
+    image_size = int(config.data.image_size)
+
+    def create(rng, previous):
+        if not carry:
+            return state_lib.create_train_state(config, model, rng)
+        fresh = models.init_variables(model, rng, image_size)
+        variables = state_lib.carry_over(previous, fresh, parts=("encoder", "head"))
+        return state_lib.create_train_state(config, model, rng, init_params=variables)
+
+    return create
+
+
+def _source_stage(stage: int, config) -> int | None:
+    return {2: 1 if config.stage2.init_from == "stage1" else None, 3: 2}.get(stage)
+
+
+def initial_state(stage: int, config, model, rng: jax.Array, workdir, mesh=None) -> dict:
+    """The state a stage starts from, created by one jitted function (replicated over ``mesh``).
+
+    Stage 2 with ``init_from="stage1"`` and stage 3 read the previous stage's best
+    checkpoint (by ``train.best_metric``; its latest when none has metrics) and take its
+    encoder and head (with their batch statistics); the decoder and the optimizer are fresh.
+    """
+    source = _source_stage(stage, config)
+    previous = None
+    if source is not None:
+        previous_dir = checkpointing.stage_directory(workdir, source)
+        if not previous_dir.is_dir():
+            raise checkpointing.CheckpointError(
+                f"stage {stage} starts from stage {source}, but {previous_dir} holds no checkpoint: "
+                f"train stage {source} first (--stages {source},{stage})")
+        previous_run = checkpointing.StageCheckpoints.from_config(workdir, source, config)
+        try:
+            sharding = (mesh_lib.replicated(mesh) if mesh is not None
+                        else jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+            previous = previous_run.restore_variables(previous_run.best_step(), sharding)
+        finally:
+            previous_run.close()
+    create = _state_factory(config, model, carry=source is not None)
+    out_shardings = mesh_lib.replicated(mesh) if mesh is not None else None
+    # Runs once: compiled without XLA's expensive passes (on CPU the random initialisers take
+    # seconds instead of tens of seconds to compile; values agree to float rounding).
+    lowered = jax.jit(create, out_shardings=out_shardings).lower(rng, previous)
+    return lowered.compile(compiler_options=_RUN_ONCE_COMPILER_OPTIONS)(rng, previous)
+
+
+def abstract_state(config, model, mesh) -> dict:
+    """Shapes, dtypes and (replicated) shardings of a stage's state, without computing it."""
+    shapes = jax.eval_shape(_state_factory(config, model, carry=False), jax.random.key(0), None)
+    sharding = mesh_lib.replicated(mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def _stage_seed(config, stage: int) -> int:
+    return 1000 * int(config.seed) + stage
+
+
+def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: reporting.Reporter,
+                *, on_step: Callable[[int, int], None] | None = None) -> dict:
+    """Train (or resume, or skip) one stage; returns its summary (step, epoch, eval metrics, seconds)."""
+    started = time.perf_counter()
+    batch_size = int(config.data.batch_size)
+    steps_per_epoch = int(data.steps_per_epoch)
+    num_epochs = int(config[f"stage{stage}"].num_epochs)
+    total_steps = num_epochs * steps_per_epoch
+    log_every = max(int(config.train.log_every_steps), 1)
+    image_every = int(config.train.image_summary_every_steps)
+    checkpoint_every = int(config.train.checkpoint_every_steps)
+    config_json = checkpointing.config_to_json_dict(config)
+
+    model = models.create_model(config.model)
+    checkpoints = checkpointing.StageCheckpoints.from_config(workdir, stage, config)
+    try:
+        latest = checkpoints.latest_step()
+        if latest is not None:
+            saved = checkpoints.read_meta(latest)
+            checkpointing.check_compatible(saved["config"], config_json, stage, checkpoints.directory)
+            if latest >= total_steps:
+                reporter.message(f"stage {stage}: finished at step {latest} (checkpoint in "
+                                 f"{checkpoints.directory}); skipping")
+                return {"stage": stage, "step": latest, "epoch": saved["epoch"], "eval": saved.get("eval"),
+                        "best_step": checkpoints.best_step(), "seconds": 0.0, "skipped": True}
+
+        rng = jax.random.fold_in(jax.random.key(int(config.seed)), stage)
+        start = 0
+        if latest is None:
+            state = initial_state(stage, config, model, rng, workdir, mesh)
+        else:
+            state, meta = checkpoints.restore(abstract_state(config, model, mesh), latest)
+            start = int(meta["data_position"])
+            reporter.message(f"stage {stage}: resuming from step {start} ({checkpoints.directory})")
+
+        train_step = mesh_lib.jit_train_step(steps.make_train_step(stage, config, model), mesh, state)
+        eval_step = jax.jit(steps.make_eval_step(model))
+        maps_fn = reporting.jit_attention_maps(model, stage=stage,
+                                               logit_difference=bool(config.stage2.logit_difference))
+        seed = _stage_seed(config, stage)
+        depth = int(config.data.get("prefetch", 2))
+        batches = prefetch_to_device(data.train_batches(seed=seed, start_step=start), mesh, depth)
+        labelled = (prefetch_to_device(data.labelled_batches(seed=seed, start_step=start), mesh, depth)
+                    if stage == 3 else None)
+
+        pending: list[tuple[int, dict]] = []   # (step, device metrics) not yet checked
+        last_eval = None
+        interval_start, interval_steps = time.perf_counter(), 0
+
+        def check_pending() -> dict[str, float] | None:
+            """Fetch the pending metrics (one transfer), stop on the first non-finite loss."""
+            if not pending:
+                return None
+            fetched = jax.device_get([m for _, m in pending])
+            for (step, _), values in zip(pending, fetched):
+                if values.get("nonfinite", 0.0) > 0 or not np.isfinite(values["loss"]):
+                    checkpoints.wait()
+                    raise NonFiniteLossError(stage, step, checkpoints.latest_step(), checkpoints.directory)
+            pending.clear()
+            return reporting.mean_metrics(fetched)
+
+        def save(done: int, metrics: dict | None) -> None:
+            confidence = _host_confidence(state)
+            meta = {"stage": stage, "step": done, "epoch": done // steps_per_epoch, "steps_per_epoch": steps_per_epoch,
+                    "total_steps": total_steps, "data_position": done, "labelled_position": done if stage == 3 else 0,
+                    "confidence": confidence, "eval": metrics, "config": config_json}
+            checkpoints.save(state, meta, metrics)
+
+        reporter.start_stage(stage, initial_step=start, total_steps=total_steps)
+        for done in range(start + 1, total_steps + 1):
+            device_batch, host_batch = next(batches)
+            extra = (next(labelled)[0],) if labelled is not None else ()
+            state, metrics = train_step(state, device_batch, *extra)
+            pending.append((done, metrics))
+            interval_steps += 1
+            reporter.progress()
+            epoch_end = done % steps_per_epoch == 0
+            if done % log_every == 0 or epoch_end:
+                means = check_pending()
+                elapsed = time.perf_counter() - interval_start
+                means["images_per_second"] = interval_steps * batch_size / max(elapsed, 1e-9)
+                reporter.log_train(done, means)
+                interval_start, interval_steps = time.perf_counter(), 0
+            if reporter.enabled and image_every > 0 and done % image_every == 0:
+                images = np.asarray(host_batch["image"][:NUM_IMAGE_SUMMARIES], np.float32)
+                maps = jax.device_get(maps_fn(_local_variables(state), images))
+                reporter.log_images(done, images, maps)
+            if epoch_end:
+                last_eval = evaluate(eval_step, state, data.eval_batches(), mesh)
+                # The "validation" confidence source: P = the last model-selection accuracy.
+                state = {**state, "confidence": {**state["confidence"], "val_accuracy": mesh_lib.replicate(
+                    np.float32(last_eval["accuracy"]), mesh)}}
+                save(done, last_eval)
+                reporter.log_eval(done, done // steps_per_epoch, last_eval)
+            elif checkpoint_every > 0 and done % checkpoint_every == 0:
+                check_pending()  # never save a state that has seen a non-finite loss
+                save(done, None)
+            if on_step is not None:
+                on_step(stage, done)
+        checkpoints.wait()
+        reporter.end_stage()
+        return {"stage": stage, "step": total_steps, "epoch": num_epochs, "eval": last_eval,
+                "best_step": checkpoints.best_step(), "seconds": time.perf_counter() - started, "skipped": False}
+    finally:
+        reporter.end_stage()
+        checkpoints.wait()
+        checkpoints.close()
+
+
+def parse_stages(stages: str | Iterable[int]) -> tuple[int, ...]:
+    """``"1,2,3"`` or ``(2, 3)`` -> sorted unique stages, with a clear error for anything else."""
+    items = str(stages).replace(" ", "").split(",") if isinstance(stages, str) else list(stages)
+    try:
+        parsed = sorted({int(s) for s in items if str(s) != ""})
+    except ValueError:
+        parsed = []
+    if not parsed or any(s not in STAGES for s in parsed):
+        raise ValueError(f"stages must be a comma-separated subset of 1,2,3 (e.g. --stages 1,2,3), got {stages!r}")
+    return tuple(parsed)
+
+
+def train_and_evaluate(config, workdir, stages: str | Iterable[int] = STAGES, *, data: DataSource | None = None,
+                       data_dir: str | None = None, mesh=None, reporter: reporting.Reporter | None = None,
+                       on_step: Callable[[int, int], None] | None = None) -> dict[int, dict]:
+    """Train ``stages`` in order in ``workdir`` (resuming whatever is there); {stage: summary}.
+
+    Args:
+      config: a `ConfigDict` (`pcam_jax.configs.get_config`).
+      workdir: run directory: checkpoints/, metrics.jsonl, tensorboard/.
+      stages: e.g. (1, 2, 3) or "2,3"; stages 2 (init_from stage1) and 3 need the previous
+        stage's checkpoints in ``workdir``.
+      data: a `DataSource`; default `PipelineData` over the TFDS dataset in ``data_dir``.
+      mesh: default `mesh.make_mesh()` over all devices.
+      on_step: ``on_step(stage, step)`` after each step is dispatched (tests use it to interrupt).
+    """
+    stages = parse_stages(stages)
+    if config.stage2.init_from not in INIT_FROM:
+        raise ValueError(f"config.stage2.init_from must be one of {INIT_FROM}, got {config.stage2.init_from!r}")
+    mesh = mesh_lib.make_mesh() if mesh is None else mesh
+    data = PipelineData(config, data_dir) if data is None else data
+    own_reporter = reporter is None
+    reporter = reporting.Reporter(workdir) if own_reporter else reporter
+    try:
+        return {stage: train_stage(stage, config, workdir, data, mesh, reporter, on_step=on_step)
+                for stage in stages}
+    finally:
+        if own_reporter:
+            reporter.close()

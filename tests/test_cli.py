@@ -1,0 +1,97 @@
+"""`pcam-jax train`, `experiments/train.py` and `pcam-jax demo` end to end on the tiny config,
+with the real synthetic TFDS data and pipeline."""
+
+import json
+import pathlib
+import subprocess
+import sys
+from unittest import mock
+
+import jax
+import numpy as np
+import pytest
+
+from pcam_jax import cli
+from pcam_jax.training import checkpointing
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compilation():
+    """Tiny programs run a few times: XLA's expensive passes cost more than they save."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def pcam_jax_command(*args):
+    """Run `pcam-jax ARGS` in this process; its exit status (absl exits through SystemExit).
+
+    sys.argv is set as the console script would see it: ml_collections finds the
+    ``--config.a.b=value`` overrides there.
+    """
+    argv = ["pcam-jax", *args]
+    with pytest.raises(SystemExit) as exit_info, mock.patch.object(sys, "argv", argv):
+        cli.main(argv)
+    code = exit_info.value.code
+    return 0 if code is None else code
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("cli_run")
+    code = pcam_jax_command("train", "--config", "tiny", "--workdir", str(workdir), "--stages", "1,2,3",
+                            f"--config.data.data_dir={workdir / 'data'}", "--config.stage2.mask_mode=erase",
+                            "--config.train.log_every_steps=3")
+    return workdir, code
+
+
+def test_train_command_runs_all_stages_with_overrides(trained):
+    workdir, code = trained
+    assert code == 0
+    for stage in (1, 2, 3):
+        config, variables, meta = checkpointing.restore_for_eval(workdir, stage, "latest")
+        # tiny: 48 train images, batch 8 -> 6 steps per epoch, one epoch per stage
+        assert (meta["step"], meta["epoch"], meta["stage"]) == (6, 1, stage)
+        assert config.stage2.mask_mode == "erase" and config.train.log_every_steps == 3
+        assert all(np.isfinite(np.asarray(x)).all() for x in
+                   jax.tree.leaves(variables["params"]))
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in records if r["split"] == "train"] == [
+        (s, k) for s in (1, 2, 3) for k in (3, 6)]
+    evals = [r for r in records if r["split"] == "model_selection"]
+    assert [r["stage"] for r in evals] == [1, 2, 3]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in evals)
+    assert any((workdir / "tensorboard").iterdir())
+
+
+def test_experiments_train_rejects_a_changed_model_config_naming_the_field(trained):
+    # A separate process: ml_collections' override flags can be parsed once per process.
+    workdir, _ = trained
+    result = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "train.py"), "--config", "tiny", "--workdir", str(workdir),
+         "--stages", "1,2,3", f"--config.data.data_dir={workdir / 'data'}", "--config.model.stem_width=6"],
+        capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "model.stem_width: checkpoint 4, now 6" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_on_a_trained_workdir_evaluates_and_reports_phase_times(trained, capsys):
+    from pcam_jax import configs, demo
+
+    workdir, _ = trained
+    config = configs.get_config("tiny")
+    config.stage2.mask_mode = "erase"
+    config.train.log_every_steps = 3
+    result = demo.run_demo(workdir, config)
+    out = capsys.readouterr().out
+    assert list(result["seconds"]) == ["prepare data", "train", "evaluate"]
+    for phase in ("prepare data", "train", "evaluate", "total"):
+        assert f"  {phase}" in out
+    assert "stage 3: finished at step 6" in out           # training resumed: nothing to redo
+    assert all(r["skipped"] for r in result["outputs"]["train"].values())
+    assert (workdir / "eval" / "report.md").is_file()
+    assert set(result["outputs"]["evaluate"]["classification"]) == {"stage1", "stage2", "stage3"}
