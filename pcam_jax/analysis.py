@@ -103,8 +103,8 @@ class Run:
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown map method(s) {unknown}; choose from {METHODS}")
-        if DECODER in methods and "decoder" not in self.variables["params"]:
-            raise ValueError("the decoder map needs a stage-3 run")
+        if DECODER in methods and self.stage != 3:  # stages 1-2 carry an untrained, frozen decoder
+            raise ValueError(f"the decoder map needs a stage-3 run; this is stage {self.stage}")
         classifier_methods = tuple(m for m in methods if m != DECODER)
         out = {m: [] for m in methods}
         for start, (part, n) in zip(range(0, len(model_images), self.chunk), self._chunks(model_images)):

@@ -1,0 +1,137 @@
+"""The analysis API (`pcam_jax.load`), `pcam-jax evaluate` and `pcam-jax maps` on a tiny trained run."""
+
+import csv
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import pcam_jax
+from pcam_jax.configs import get_config
+from pcam_jax.models import create_model
+from pcam_jax.training import checkpointing, loop
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    workdir = tmp_path_factory.mktemp("analysis_run")
+    config = get_config("tiny")
+    config.data.data_dir = str(workdir / "data")
+    loop.train_and_evaluate(config, workdir, (1, 2, 3))
+    yield workdir
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def _flat(tree, prefix=""):
+    """{"a/b": number} of a nested metrics dict (strings and None dropped)."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}/").items()}
+    return {prefix: float(tree)} if isinstance(tree, (int, float)) and not isinstance(tree, bool) else {}
+
+
+def _images(n, size=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size), dtype=np.uint8)
+
+
+def test_predict_matches_the_restored_network_for_any_batch_size(workdir):
+    run = pcam_jax.load(workdir, stage=3)
+    config, variables, _ = checkpointing.restore_for_eval(workdir, 3)
+    model = create_model(config.model)
+    images = _images(21)  # more than one chunk of 16, not a multiple of it
+    logits, _ = model.apply(variables, images[..., None].astype(np.float32) / 255.0)
+    expected = np.exp(logits[:, 1]) / np.exp(logits).sum(axis=1)
+    np.testing.assert_allclose(run.predict(images), expected, rtol=1e-4, atol=1e-6)
+    # uint8 and [0, 1] floats are the same images; a single (H, W) image works too.
+    np.testing.assert_allclose(run.predict(images.astype(np.float32) / 255.0), expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(run.predict(images[0]), expected[:1], rtol=1e-4, atol=1e-6)
+
+
+def test_positive_cam_map_matches_a_numpy_reference(workdir):
+    run = pcam_jax.load(workdir, stage=1)
+    config, variables, _ = checkpointing.restore_for_eval(workdir, 1)
+    images = _images(5, seed=1)
+    x = images[..., None].astype(np.float32) / 255.0
+    _, features = create_model(config.model).apply(variables, x)
+    kernel = np.asarray(variables["params"]["head"]["dense"]["kernel"])
+    features = np.asarray(features)
+    expected = np.zeros(features.shape[:3])
+    for b in range(features.shape[0]):          # slow loop: sum_k relu(W[k, abnormal]) h_k
+        for k in range(features.shape[-1]):
+            expected[b] += max(kernel[k, 1], 0.0) * features[b, :, :, k]
+    raw = run.raw_maps(x, ("positive_cam",))["positive_cam"]
+    np.testing.assert_allclose(raw, expected, rtol=1e-4, atol=1e-5)
+
+    maps = run.maps(images, method="positive_cam")
+    assert maps.shape == (5, 32, 32) and maps.min() >= 0.0 and maps.max() <= 1.0 + 1e-6
+    big = run.maps(np.repeat(np.repeat(images, 2, axis=1), 2, axis=2), method="positive_cam")
+    assert big.shape == (5, 64, 64)  # maps come back at the input size
+
+
+def test_bad_images_and_methods_are_clear_errors(workdir):
+    run = pcam_jax.load(workdir, stage=1)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        run.predict(np.full((1, 32, 32), 7.0, np.float32))
+    with pytest.raises(ValueError, match="unknown map method"):
+        run.maps(_images(1), method="saliency")
+    with pytest.raises(ValueError, match="stage-3"):
+        run.maps(_images(1), method="decoder")
+
+
+def test_evaluate_in_a_fresh_process_reproduces_the_numbers(workdir):
+    from pcam_jax.evaluation.evaluate import evaluate_workdir
+
+    metrics = evaluate_workdir(workdir, verbose=False)
+    methods = {"stage1/cam", "stage1/positive_cam", "stage1/grad_cam", "stage1/grad_cam_pp",
+               "stage1/layer_cam", "stage1/score_cam", "stage2/positive_cam", "stage3/decoder",
+               "stage3/positive_cam"}
+    assert set(metrics["localisation"]) == methods
+    for name in ("metrics.json", "report.md", "figure2.png", "pr_curves.png", "confusion_matrix.png"):
+        assert (workdir / "eval" / name).is_file(), name
+    # Test split of the tiny config: 16 images, half abnormal (scored), half normal (excluded).
+    first = metrics["localisation"]["stage1/cam"]
+    assert first["n_images"] == 8 and first["n_excluded"] == 8
+    assert first["tau_chosen_on"] == "heldout_labelled"
+    assert metrics["classification"]["stage3"]["image"]["counts"]["n"] == 16
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pcam_jax.cli", "evaluate", "--workdir", str(workdir),
+         "--out", str(workdir / "eval_again")],
+        capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = json.loads((workdir / "eval_again" / "metrics.json").read_text())
+    first_json = json.loads((workdir / "eval" / "metrics.json").read_text())
+    # Equal up to float rounding (the test process compiles without XLA's optimisations).
+    assert _flat(again["localisation"]) == pytest.approx(_flat(first_json["localisation"]), rel=1e-5, abs=1e-7)
+    assert _flat(again["classification"]) == pytest.approx(_flat(first_json["classification"]), rel=1e-5, abs=1e-7)
+    assert again["checkpoint_steps"] == first_json["checkpoint_steps"]
+
+
+def test_maps_command_writes_overlays_and_reports_unreadable_files(workdir, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (50, 40), dtype=np.uint8)).save(folder / "gray.png")
+    Image.fromarray(rng.integers(0, 256, (30, 60, 3), dtype=np.uint8)).save(folder / "colour.jpg")
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "pcam_jax.cli", "maps", "--workdir", str(workdir), "--method", "positive_cam",
+         "--out", str(out), str(folder)],
+        capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]  # one file failed, the rest processed
+    assert "broken.png" in result.stderr and "Traceback" not in result.stderr
+    assert Image.open(out / "gray_positive_cam.png").size == (40, 50)
+    assert Image.open(out / "colour_positive_cam.png").size == (60, 30)
+    with open(out / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(pathlib.Path(r["path"]).name for r in rows) == ["colour.jpg", "gray.png"]
+    assert all(0.0 <= float(r["p_abnormal"]) <= 1.0 for r in rows)
