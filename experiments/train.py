@@ -12,9 +12,11 @@ import sys
 
 from absl import app
 
+from pcam_jax import runtime
 from pcam_jax.cli import resolve_config_argv
 from pcam_jax.training import cli
 
 if __name__ == "__main__":
+    runtime.configure()
     # `--config synthetic` names a preset; absl's config flag wants a path.
     app.run(cli.main, argv=[sys.argv[0]] + resolve_config_argv(sys.argv[1:]))

@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         print(f"pcam-jax: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         sys.exit(2)
+    from pcam_jax import runtime
+
+    runtime.configure()  # before any JAX computation: project XLA flags, compilation cache
     module = importlib.import_module(COMMANDS[command][0])
     from absl import app
 

@@ -107,8 +107,10 @@ def main(argv):
         raise SystemExit(f"pcam-jax demo: unexpected arguments {' '.join(argv[1:])!r} (flags only)")
     from pcam_jax.training import mesh
 
+    from pcam_jax import runtime
+
+    runtime.configure()
     mesh.maybe_initialize_distributed()
-    train_cli.enable_compilation_cache()
     train_cli.quiet_logs()
     workdir = train_cli._WORKDIR.value or DEFAULT_WORKDIR
     try:

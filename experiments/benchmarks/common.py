@@ -21,23 +21,17 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-# XLA flags the project sets by default (issue 6: keep every flag that helps, documented with
-# its measured effect). Empty until a measurement justifies one.
-PROJECT_XLA_FLAGS: tuple[str, ...] = ()
-
-
 def apply_project_xla_flags(extra: Sequence[str] = ()) -> str:
-    """Adds the project's XLA flags (and ``extra``) to ``XLA_FLAGS`` unless already set there.
+    """The project's XLA flags (`pcam_jax.runtime.PROJECT_XLA_FLAGS`) and ``extra``, merged
+    into ``XLA_FLAGS`` (flags already there win), as the CLI entry points do.
 
-    Must run before JAX initialises its backend (before the first computation or device
-    query). Flags already in the environment win, so a user can override any of them.
-    Returns the resulting ``XLA_FLAGS``.
+    Must run before JAX initialises its backend. Returns the resulting ``XLA_FLAGS``.
+    Set ``PCAM_JAX_NO_XLA_FLAGS=1`` to measure XLA's own defaults.
     """
-    current = os.environ.get("XLA_FLAGS", "").split()
-    names = {flag.split("=")[0] for flag in current}
-    added = [flag for flag in (*PROJECT_XLA_FLAGS, *extra) if flag.split("=")[0] not in names]
-    os.environ["XLA_FLAGS"] = " ".join(current + added)
-    return os.environ["XLA_FLAGS"]
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+    from pcam_jax import runtime
+
+    return runtime.configure_xla_flags(extra)
 
 
 def _cpu_model() -> str:

@@ -18,6 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
         dtype="float32",
         input_mean=0.5,               # images are in [0, 1]; the encoder standardises them
         input_std=0.25,
+        conv_impl="flipped_dx",       # or "xla"; see pcam_jax/conv.py and docs/PERFORMANCE.md
     ))
 
     # Input pipeline (pcam_jax.data.pipeline).
@@ -81,6 +82,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.stage3 = ml_collections.ConfigDict(dict(
         num_epochs=10,
         l3_weight=1.0,                # lambda'
+        lesion_loss="mse",            # "mse" (paper) | "balanced_mse": lesion and background
+                                      # pixels weigh alike (plain MSE collapses to 0 on small lesions)
     ))
 
     c.train = ml_collections.ConfigDict(dict(

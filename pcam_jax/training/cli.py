@@ -12,12 +12,12 @@ checkpoint written with a different config or bad arguments.
 
 from __future__ import annotations
 
-import os
-import pathlib
 import sys
 
 from absl import flags
 from ml_collections import config_flags
+
+from pcam_jax import runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file or preset (synthetic, mura, tiny); override fields with --config.a.b=value.",
@@ -29,27 +29,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints/, me
 _STAGES = flags.DEFINE_string("stages", "1,2,3", "Stages to train, in order, e.g. 1,2,3 or 3.", allow_override=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default: config.data.data_dir, "
                                 "else TFDS's default).", allow_override=True)
-
-COMPILATION_CACHE_ENV = "PCAM_JAX_COMPILATION_CACHE"
-
-
-def enable_compilation_cache(directory: str | None = None) -> None:
-    """Persist compiled XLA programs between runs (``$PCAM_JAX_COMPILATION_CACHE``, else
-    ``~/.cache/pcam_jax/jax``; set the variable to an empty string to disable).
-
-    A second run of the same config starts training seconds sooner.
-    """
-    import jax
-
-    if jax.config.jax_compilation_cache_dir:
-        return  # already chosen (tests, the user)
-    directory = os.environ.get(COMPILATION_CACHE_ENV, directory)
-    if directory == "":
-        return
-    directory = directory or str(pathlib.Path.home() / ".cache" / "pcam_jax" / "jax")
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
 
 def quiet_logs() -> None:
     """absl INFO logs (Orbax writes several per checkpoint, TFDS per dataset) would bury the
@@ -64,8 +43,8 @@ def run(config, workdir: str, stages: str = "1,2,3", data_dir: str | None = None
     """Train as the command does, turning known failures into a message and an exit status."""
     from pcam_jax.training import checkpointing, loop, mesh
 
+    runtime.configure()  # project XLA flags (if JAX has not started yet) and the compilation cache
     mesh.maybe_initialize_distributed()
-    enable_compilation_cache()
     quiet_logs()
     try:
         stages = loop.parse_stages(stages)

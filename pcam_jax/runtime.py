@@ -1,0 +1,102 @@
+"""Process-wide JAX/XLA settings the project applies before JAX starts its backend.
+
+    from pcam_jax import runtime
+    runtime.configure()          # first thing in a CLI entry point, before any jax array exists
+
+Two things happen:
+
+* ``XLA_FLAGS`` gets the project's default flags (`PROJECT_XLA_FLAGS`), merged with what the
+  user already set there: a flag the user set (same name) wins, so any default can be
+  overridden, e.g. ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution``
+  restores XLA's own choice. Set ``PCAM_JAX_NO_XLA_FLAGS=1`` to add none of them.
+* JAX's persistent compilation cache is switched on (``$PCAM_JAX_COMPILATION_CACHE``, else
+  ``~/.cache/pcam_jax/jax``; an empty value disables it), so a second run of the same shapes
+  skips most of the 3-4 s compile of a train step.
+
+Each flag's measured effect is recorded in docs/PERFORMANCE.md. XLA reads ``XLA_FLAGS`` once,
+when the backend starts: calling `configure` after the first computation changes nothing for
+this process (it warns).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import warnings
+from typing import Sequence
+
+# Every flag here has a measured, documented effect (docs/PERFORMANCE.md). CPU-only flags:
+# the GPU backend ignores them.
+PROJECT_XLA_FLAGS: tuple[str, ...] = (
+    # XLA 0.10.2 hands each convolution to YNNPACK by default. On a 2-core AMD EPYC (AVX2),
+    # XLA's own (Eigen) convolutions made the whole stage-1 train step 8% faster at
+    # b32@128 and ~15% at b16@320 (interleaved A/B in one process; docs/PERFORMANCE.md).
+    # The '-' keeps YNNPACK for dots and reductions (XLA's other defaults).
+    "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
+)
+
+COMPILATION_CACHE_ENV = "PCAM_JAX_COMPILATION_CACHE"
+NO_FLAGS_ENV = "PCAM_JAX_NO_XLA_FLAGS"
+
+
+def merge_xla_flags(user_flags: str, project_flags: Sequence[str]) -> str:
+    """``user_flags`` plus each project flag whose name (text before '=') the user did not set.
+
+    >>> merge_xla_flags("--a=1 --b", ["--a=2", "--c=3"])
+    '--a=1 --b --c=3'
+    """
+    current = user_flags.split()
+    names = {flag.split("=", 1)[0] for flag in current}
+    added = [flag for flag in project_flags if flag.split("=", 1)[0] not in names]
+    return " ".join(current + added)
+
+
+def _backend_started() -> bool:
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge._backends)  # noqa: SLF001  (no public "is initialised" query)
+    except (ImportError, AttributeError):
+        return False
+
+
+def configure_xla_flags(extra: Sequence[str] = ()) -> str:
+    """Adds `PROJECT_XLA_FLAGS` and ``extra`` to ``$XLA_FLAGS`` (user's flags win); returns it."""
+    project = () if os.environ.get(NO_FLAGS_ENV, "") not in ("", "0") else PROJECT_XLA_FLAGS
+    merged = merge_xla_flags(os.environ.get("XLA_FLAGS", ""), (*project, *extra))
+    if merged != os.environ.get("XLA_FLAGS", "") and _backend_started():
+        warnings.warn("pcam_jax.runtime.configure() ran after JAX started its backend: the project's "
+                      "XLA flags do not apply to this process. Call it before the first JAX computation.",
+                      stacklevel=3)
+    os.environ["XLA_FLAGS"] = merged
+    return merged
+
+
+def enable_compilation_cache(directory: str | None = None) -> str | None:
+    """Turns on JAX's persistent compilation cache; returns its directory (None when disabled).
+
+    ``$PCAM_JAX_COMPILATION_CACHE`` wins over ``directory``; an empty value disables the cache.
+    A cache directory already chosen (by tests or the user) is left alone.
+    """
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    directory = os.environ.get(COMPILATION_CACHE_ENV, directory)
+    if directory == "":
+        return None
+    directory = directory or str(pathlib.Path.home() / ".cache" / "pcam_jax" / "jax")
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return directory
+
+
+def configure(extra_xla_flags: Sequence[str] = (), compilation_cache: bool = True) -> str:
+    """`configure_xla_flags` then (optionally) `enable_compilation_cache`; returns ``$XLA_FLAGS``."""
+    flags = configure_xla_flags(extra_xla_flags)
+    if compilation_cache:
+        enable_compilation_cache()
+    return flags

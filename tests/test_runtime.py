@@ -1,0 +1,21 @@
+"""pcam_jax.runtime: flag merging (the user's flags win)."""
+
+import warnings
+
+from pcam_jax import runtime
+
+
+def test_user_flags_win_and_project_flags_are_added():
+    merged = runtime.merge_xla_flags("--xla_cpu_experimental_ynn_fusion_type=+individual_convolution --foo",
+                                     ["--xla_cpu_experimental_ynn_fusion_type=-individual_convolution", "--bar=1"])
+    assert merged == "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution --foo --bar=1"
+
+
+def test_configure_xla_flags_sets_environment(monkeypatch):
+    warnings.simplefilter("ignore")  # JAX is already started in the test process: the warning is expected
+    monkeypatch.setenv("XLA_FLAGS", "--foo=1")
+    monkeypatch.delenv(runtime.NO_FLAGS_ENV, raising=False)
+    assert runtime.configure_xla_flags() == " ".join(["--foo=1", *runtime.PROJECT_XLA_FLAGS])
+    monkeypatch.setenv("XLA_FLAGS", "--foo=1")
+    monkeypatch.setenv(runtime.NO_FLAGS_ENV, "1")
+    assert runtime.configure_xla_flags() == "--foo=1"
