@@ -98,6 +98,18 @@ def test_lesion_loss_hand_computed():
     assert float(losses.lesion_loss(pred, mask, jnp.zeros(3, bool))) == 0.0
 
 
+def test_balanced_lesion_loss_hand_computed():
+    pred = jnp.array([[[1.0, 0.0], [0.5, 0.5]], [[0.5, 0.0], [0.0, 0.0]]])
+    mask = jnp.array([[[1.0, 1.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    # image 0: lesion errors 0, 1 -> 0.5; background 0.25, 0.25 -> 0.25; balanced 0.375
+    # image 1 (empty mask): background only, errors 0.25, 0, 0, 0 -> 0.0625
+    np.testing.assert_allclose(losses.lesion_loss(pred, mask, balanced=True), (0.375 + 0.0625) / 2, rtol=1e-6)
+    # A lesion of 1 pixel in 100: predicting 0 everywhere costs 0.01 with MSE, 0.5 balanced.
+    tiny = jnp.zeros((1, 10, 10)).at[0, 3, 3].set(1.0)
+    np.testing.assert_allclose(losses.lesion_loss(jnp.zeros_like(tiny), tiny), 0.01, rtol=1e-6)
+    np.testing.assert_allclose(losses.lesion_loss(jnp.zeros_like(tiny), tiny, balanced=True), 0.5, rtol=1e-6)
+
+
 def test_stage_loss_and_accuracy():
     # (1 - 0.25) * 2 + 0.25 * 1 + 2 * 0.5 = 1.5 + 0.25 + 1 = 2.75
     np.testing.assert_allclose(losses.stage_loss(2.0, 1.0, 0.5, 0.25, 2.0), 2.75, rtol=1e-7)

@@ -58,8 +58,8 @@ def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *, wit
              figure_rows: int = 0) -> dict[str, Any]:
     """One pass over a split: probabilities per stage and post-processed maps per method.
 
-    Maps are kept only for rows that carry a lesion mask (normal images there have empty
-    masks and are counted, then excluded, by the localisation metrics).
+    Maps are computed only for rows with a non-empty lesion mask; images with an empty
+    mask (normal ones) are only counted (``n_empty_masks``), since no map can be scored there.
     """
     from pcam_jax.data import pipeline
 
@@ -67,10 +67,12 @@ def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *, wit
     size = int(config.data.image_size)
     out = {"probs": {s: [] for s in runs}, "labels": [], "study_id": [], "body_part": [],
            "maps": {f"stage{s}/{m}": [] for s in runs for m in STAGE_METHODS[s]} if with_maps else {},
-           "masks": [], "images": []}
+           "masks": [], "images": [], "n_empty_masks": 0}
     for batch in pipeline.eval_batches(config, records):
         valid = batch["valid"]
-        keep = valid & batch["has_mask"]
+        lesion = batch["mask"].reshape(len(valid), -1).any(axis=1)
+        keep = valid & batch["has_mask"] & lesion
+        out["n_empty_masks"] += int((valid & batch["has_mask"] & ~lesion).sum())
         out["labels"].append(batch["label"][valid])
         out["study_id"].append(batch["study_id"][valid])
         out["body_part"].append(batch["body_part"][valid])
@@ -94,6 +96,7 @@ def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *, wit
         "maps": {k: cat(v, (0, size, size)) for k, v in out["maps"].items()},
         "masks": cat(out["masks"], (0, size, size)),
         "images": cat(out["images"], (0, size, size)),
+        "n_empty_masks": out["n_empty_masks"],
     }
 
 
@@ -149,7 +152,7 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
                 f"{stages[-1]} at {config.data.image_size}: evaluate them from separate work directories")
 
     n_figure = int(config.eval.num_figure_images)
-    test = _collect(runs, config, split, data_dir, with_maps=True, figure_rows=4 * n_figure)
+    test = _collect(runs, config, split, data_dir, with_maps=True, figure_rows=n_figure)
     metrics: dict[str, Any] = {
         "split": split, "dataset": dataset, "workdir": str(workdir),
         "checkpoint_steps": {f"stage{s}": r.step for s, r in runs.items()},
@@ -170,15 +173,16 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
                 tau, tau_source = 0.5, "default (no held-out labelled split)"
             loc[name] = localisation.localisation_metrics(
                 maps, test["masks"], tau=tau, tolerance=float(config.eval.pointing_tolerance))
+            loc[name]["n_excluded"] += test["n_empty_masks"]
             loc[name]["tau_chosen_on"] = tau_source
-            precision, recall, _ = localisation.pixel_precision_recall(maps[scored], test["masks"][scored])
+            precision, recall, _ = localisation.pixel_precision_recall(maps, test["masks"])
             curves[name] = (precision, recall)
         metrics["localisation"] = loc
         out_dir.mkdir(parents=True, exist_ok=True)
         figures.pr_curves(curves).savefig(out_dir / "pr_curves.png", dpi=110, bbox_inches="tight")
         metrics.setdefault("figures", {})["pr_curves"] = "pr_curves.png"
 
-        rows = np.flatnonzero(scored[:len(test["images"])])[:n_figure]
+        rows = np.arange(min(len(test["images"]), n_figure))
         if len(rows):
             columns = {title: test["maps"][name][rows] for name, title in FIGURE2_COLUMNS.items()
                        if name in test["maps"]}

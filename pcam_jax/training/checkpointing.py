@@ -50,6 +50,19 @@ class _ExpectedOrbaxWarnings(logging.Filter):
 absl_logging.get_absl_logger().addFilter(_ExpectedOrbaxWarnings())
 
 
+class _DropOrbaxNoise(logging.Filter):
+    """Orbax warns at every read-only open and every partial restore (we read the JSON item
+    alone to check configs); neither is news to the reader of a training log."""
+
+    NOISE = ("could not be restored", "Given directory is read only", "read_only=True")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.NOISE)
+
+
+logging.getLogger("absl").addFilter(_DropOrbaxNoise())
+
+
 class CheckpointError(ValueError):
     """A checkpoint is missing or cannot be used; the message says which and what to do."""
 

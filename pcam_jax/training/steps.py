@@ -55,6 +55,9 @@ def _check_config(stage: int, config: Any) -> None:
         raise ValueError(f"config.stage2.confidence must be one of {CONFIDENCE_SOURCES}, got {s2.confidence!r}")
     if not 0.0 <= float(s2.accuracy_ema) < 1.0:
         raise ValueError(f"config.stage2.accuracy_ema is a decay in [0, 1), got {s2.accuracy_ema!r}")
+    lesion_loss = config.stage3.get("lesion_loss", "mse")
+    if lesion_loss not in ("mse", "balanced_mse"):
+        raise ValueError(f"config.stage3.lesion_loss must be 'mse' or 'balanced_mse', got {lesion_loss!r}")
 
 
 def make_loss_fn(stage: int, config: Any, model: PCAMNet) -> Callable:
@@ -71,6 +74,7 @@ def make_loss_fn(stage: int, config: Any, model: PCAMNet) -> Callable:
     ema_decay = float(s2.accuracy_ema)
     mask_mode, abnormal_only = str(s2.mask_mode), bool(s2.abnormal_only)
     l3_weight = float(config.stage3.l3_weight) if stage == 3 else 0.0
+    balanced_l3 = config.stage3.get("lesion_loss", "mse") == "balanced_mse"
 
     def loss_fn(params, state, batch, labelled_batch=None):
         images, labels, valid = batch["image"], batch["label"], batch["valid"]
@@ -100,7 +104,8 @@ def make_loss_fn(stage: int, config: Any, model: PCAMNet) -> Callable:
             lesion_map, _ = model.apply(_variables(params, updated["batch_stats"]), labelled_batch["image"],
                                         train=True, method=PCAMNet.segment, mutable=["batch_stats"])
             l3 = losses.lesion_loss(lesion_map, labelled_batch["mask"],
-                                    labelled_batch["has_mask"] & labelled_batch["valid"])
+                                    labelled_batch["has_mask"] & labelled_batch["valid"],
+                                    balanced=balanced_l3)
         loss = l1 if stage == 1 else losses.stage_loss(l1, l2, l3, lam, l3_weight)
         aux = dict(batch_stats=updated["batch_stats"], accuracy_ema=accuracy_ema,
                    metrics=dict(l1=l1, l2=l2, l3=l3, accuracy=batch_accuracy, confidence=lam,
