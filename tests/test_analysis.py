@@ -6,7 +6,6 @@ import pathlib
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,15 +19,12 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
+def workdir(tmp_path_factory, fast_compilation):
     workdir = tmp_path_factory.mktemp("analysis_run")
     config = get_config("tiny")
     config.data.data_dir = str(workdir / "data")
     loop.train_and_evaluate(config, workdir, (1, 2, 3))
-    yield workdir
-    jax.config.update("jax_disable_most_optimizations", previous)
+    return workdir
 
 
 def _flat(tree, prefix=""):

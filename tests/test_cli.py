@@ -17,13 +17,7 @@ from pcam_jax.training import checkpointing
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compilation():
-    """Tiny programs run a few times: XLA's expensive passes cost more than they save."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compilation")  # see conftest.py
 
 
 def pcam_jax_command(*args):
