@@ -10,20 +10,7 @@ from pcam_jax import configs, models
 from pcam_jax.training import mesh as mesh_lib
 from pcam_jax.training import steps
 from pcam_jax.training.state import create_train_state
-
-
-def fake_batch(n, size=32, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = (np.arange(n) % 2).astype(np.int32)
-    images = rng.uniform(0.0, 0.5, size=(n, size, size, 1)).astype(np.float32)
-    masks = np.zeros((n, size, size), np.float32)
-    for i in np.flatnonzero(labels):
-        y, x = rng.integers(0, size - 8, size=2)
-        masks[i, y:y + 8, x:x + 8] = 1.0
-        images[i, y:y + 8, x:x + 8, 0] += 0.5
-    return dict(image=images, label=labels, mask=masks, has_mask=labels == 1, valid=np.ones(n, bool),
-                path=np.array([f"img{i}.png" for i in range(n)], object),
-                study_id=np.array([f"s{i}" for i in range(n)], object))
+from tests.fake_batches import fake_batch
 
 
 def test_make_mesh_and_shard_batch():

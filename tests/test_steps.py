@@ -8,28 +8,15 @@ import numpy as np
 import pytest
 
 from pcam_jax import configs, models
+from pcam_jax.data import DEVICE_KEYS
 from pcam_jax.training import losses, steps
 from pcam_jax.training.state import (carry_over, create_train_state, make_optimizer,
                                      update_accuracy_ema)
-
-
-def fake_batch(n, size=32, seed=0, valid_rows=None):
-    """A batch per pcam_jax.data: half abnormal, each abnormal image with a bright square lesion."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 2
-    images = rng.uniform(0.0, 0.5, size=(n, size, size, 1)).astype(np.float32)
-    masks = np.zeros((n, size, size), np.float32)
-    for i in np.flatnonzero(labels):
-        y, x = rng.integers(0, size - 8, size=2)
-        masks[i, y:y + 8, x:x + 8] = 1.0
-        images[i, y:y + 8, x:x + 8, 0] += 0.5
-    valid = np.ones(n, bool) if valid_rows is None else np.arange(n) < valid_rows
-    return dict(image=images, label=labels.astype(np.int32), mask=masks, has_mask=labels == 1, valid=valid,
-                path=np.array([f"img{i}.png" for i in range(n)], object))
+from tests.fake_batches import fake_batch
 
 
 def device_batch(batch):
-    return {k: jnp.asarray(v) for k, v in batch.items() if k != "path"}
+    return {k: jnp.asarray(batch[k]) for k in DEVICE_KEYS}
 
 
 @pytest.fixture(scope="module")

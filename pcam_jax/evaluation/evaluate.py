@@ -54,7 +54,7 @@ def trained_stages(workdir) -> list[int]:
     return found
 
 
-def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *, with_maps: bool,
+def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *,
              figure_rows: int = 0) -> dict[str, Any]:
     """One pass over a split: probabilities per stage and post-processed maps per method.
 
@@ -66,7 +66,7 @@ def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *, wit
     records = pipeline.load_records(config, split, data_dir)
     size = int(config.data.image_size)
     out = {"probs": {s: [] for s in runs}, "labels": [], "study_id": [], "body_part": [],
-           "maps": {f"stage{s}/{m}": [] for s in runs for m in STAGE_METHODS[s]} if with_maps else {},
+           "maps": {f"stage{s}/{m}": [] for s in runs for m in STAGE_METHODS[s]},
            "masks": [], "images": [], "n_empty_masks": 0}
     for batch in pipeline.eval_batches(config, records):
         valid = batch["valid"]
@@ -78,7 +78,7 @@ def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *, wit
         out["body_part"].append(batch["body_part"][valid])
         for stage, run in runs.items():
             out["probs"][stage].append(run.predict(batch["image"][valid]))
-        if not (with_maps and keep.any()):
+        if not keep.any():
             continue
         images = batch["image"][keep]
         for stage, run in runs.items():
@@ -152,17 +152,16 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
                 f"{stages[-1]} at {config.data.image_size}: evaluate them from separate work directories")
 
     n_figure = int(config.eval.num_figure_images)
-    test = _collect(runs, config, split, data_dir, with_maps=True, figure_rows=n_figure)
+    test = _collect(runs, config, split, data_dir, figure_rows=n_figure)
     metrics: dict[str, Any] = {
         "split": split, "dataset": dataset, "workdir": str(workdir),
         "checkpoint_steps": {f"stage{s}": r.step for s, r in runs.items()},
         "classification": _classification(test, config),
     }
 
-    scored = test["masks"].any(axis=(1, 2)) if len(test["masks"]) else np.zeros(0, bool)
-    if scored.any():
+    if len(test["masks"]):  # _collect keeps only images with a lesion
         threshold_split = THRESHOLD_SPLIT.get(dataset)
-        held = (_collect(runs, config, threshold_split, data_dir, with_maps=True)
+        held = (_collect(runs, config, threshold_split, data_dir)
                 if threshold_split else None)
         loc, curves = {}, {}
         for name, maps in test["maps"].items():
