@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from pcam_jax.conv import conv_function
+from pcam_jax.pooling import pool_function
 
 Array = jax.Array
 
@@ -46,9 +47,10 @@ class NetworkSpec:
     # in stage 2 works in pixel space, where 0 is the black background of a radiograph.
     input_mean: float = 0.5
     input_std: float = 0.25
-    # "flipped_dx" (pcam_jax.conv: data gradient of stride-1 convs as a forward conv, 2-5%
-    # faster train step on CPU, docs/PERFORMANCE.md) or "xla". Parameters are the same either way.
-    conv_impl: str = "flipped_dx"
+    # How convolutions and the max-pool are written for XLA (pcam_jax.conv, pcam_jax.pooling;
+    # measured in docs/PERFORMANCE.md). Parameters and results are the same for every choice.
+    conv_impl: str = "flipped_dx+s2d"
+    pool_impl: str = "strided"
 
 
 def spec_from_config(model_config: Any) -> NetworkSpec:
@@ -66,6 +68,7 @@ def spec_from_config(model_config: Any) -> NetworkSpec:
         input_mean=float(get("input_mean", d.input_mean)),
         input_std=float(get("input_std", d.input_std)),
         conv_impl=str(get("conv_impl", d.conv_impl)),
+        pool_impl=str(get("pool_impl", d.pool_impl)),
     )
 
 
@@ -108,9 +111,9 @@ class Encoder(nn.Module):
         s, dtype = self.spec, jnp.dtype(self.spec.dtype)
         x = ((x - s.input_mean) / s.input_std).astype(dtype)
         x = nn.Conv(s.stem_width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
-                    dtype=dtype, name="stem_conv")(x)
+                    dtype=dtype, name="stem_conv", conv_general_dilated=conv_function(s.conv_impl))(x)
         x = nn.relu(_batch_norm(train, dtype, "stem_bn")(x))
-        x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+        x = pool_function(s.pool_impl)(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
         stage_outputs = []
         for i, (width, stride, n) in enumerate(zip(s.widths, s.strides, s.blocks)):
             for j in range(n):

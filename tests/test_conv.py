@@ -1,4 +1,4 @@
-"""pcam_jax.conv: the flipped-kernel data gradient equals XLA's, for every encoder conv shape."""
+"""pcam_jax.conv: the flipped-kernel data gradient and the space-to-depth strided conv equal XLA's."""
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +9,11 @@ from jax import lax
 from pcam_jax import conv as conv_lib
 
 # (input shape, kernel hw, stride) of the encoder's convolutions at 32x32 input, channel
-# counts as in the default network; strides 2 and the 7x7 stem take the XLA fallback path.
+# counts as in the default network; strides 2 with several channels take the XLA path, the
+# one-channel strided ones (the 7x7 stem, odd sizes, stride 3) the space-to-depth one.
 CASES = [((2, 8, 8, 16), 3, 1), ((2, 8, 8, 16), 3, 2), ((2, 4, 4, 32), 3, 1), ((2, 4, 4, 32), 1, 2),
-         ((2, 2, 2, 64), 3, 1), ((2, 2, 2, 128), 3, 1), ((2, 16, 16, 1), 7, 2), ((1, 5, 6, 3), 3, 1)]
+         ((2, 2, 2, 64), 3, 1), ((2, 2, 2, 128), 3, 1), ((2, 16, 16, 1), 7, 2), ((1, 5, 6, 3), 3, 1),
+         ((1, 15, 13, 1), 7, 2), ((2, 12, 12, 1), 5, 3), ((1, 9, 10, 1), 3, 2), ((1, 8, 8, 1), 2, 2)]
 
 
 def _inputs(shape, k, cout, seed=0):
@@ -35,12 +37,14 @@ def _numpy_conv(x, w, stride, pad):
     return y
 
 
+@pytest.mark.parametrize("impl", ["flipped_dx", "flipped_dx+s2d"])
 @pytest.mark.parametrize("shape,k,stride", CASES)
-def test_outputs_and_gradients_match_lax(shape, k, stride):
+def test_outputs_and_gradients_match_lax(shape, k, stride, impl):
     cout = max(shape[-1], 4)
     x, w = _inputs(shape, k, cout)
     pad = [(k // 2, k // 2)] * 2
-    ours = lambda x, w: conv_lib.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    conv = conv_lib.conv_function(impl)
+    ours = lambda x, w: conv(x, w, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     ref = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     np.testing.assert_allclose(ours(x, w), _numpy_conv(x, w, stride, k // 2), rtol=1e-4, atol=1e-3)
     dy = jnp.asarray(np.random.default_rng(1).standard_normal(ref(x, w).shape, np.float32))
@@ -82,17 +86,20 @@ def test_model_parameters_do_not_depend_on_conv_impl():
         model = PCAMNet(NetworkSpec(conv_impl=impl))
         v = model.init(jax.random.key(0), x, train=False)
         trees[impl] = (v, model)
-    (va, ma), (vb, mb) = trees["xla"], trees["flipped_dx"]
-    assert jax.tree.structure(va) == jax.tree.structure(vb)
-    assert jax.tree.map(jnp.shape, va) == jax.tree.map(jnp.shape, vb)
+    va, ma = trees["xla"]
 
     def loss(params, model):
         (logits, _), _ = model.apply({"params": params, "batch_stats": va["batch_stats"]}, x, train=True, mutable=["batch_stats"])
         return jnp.sum(logits ** 2)
 
-    ga, gb = jax.grad(loss)(va["params"], ma), jax.grad(loss)(va["params"], mb)
-    for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    ga = jax.grad(loss)(va["params"], ma)
+    for impl in conv_lib.CONV_IMPLS[1:]:
+        vb, mb = trees[impl]
+        assert jax.tree.structure(va) == jax.tree.structure(vb)
+        assert jax.tree.map(jnp.shape, va) == jax.tree.map(jnp.shape, vb)
+        gb = jax.grad(loss)(va["params"], mb)
+        for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
 def test_unknown_impl_is_a_clear_error():

@@ -37,7 +37,10 @@ from orbax.checkpoint import checkpoint_managers as ocp_policies
 # checkpoint means: where the data lives, evaluation batching, prefetch depth, and the
 # number of epochs (extending a finished stage continues it). `train.*` and `eval.*`
 # (logging, checkpoint cadence, evaluation settings) are never compared.
-_RESUMABLE_FIELDS = ("data.data_dir", "data.prefetch", "data.eval_batch_size", "data.skip_corrupt")
+# Fields a run may change when it resumes: where data lives, how it is fed, and how XLA is
+# asked to compute the same math (the *_impl choices share parameters and results).
+_RESUMABLE_FIELDS = ("data.data_dir", "data.prefetch", "data.eval_batch_size", "data.skip_corrupt",
+                     "model.conv_impl", "model.pool_impl")
 
 
 class _ExpectedOrbaxWarnings(logging.Filter):
