@@ -19,3 +19,25 @@ def test_configure_xla_flags_sets_environment(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--foo=1")
     monkeypatch.setenv(runtime.NO_FLAGS_ENV, "1")
     assert runtime.configure_xla_flags() == "--foo=1"
+
+
+def test_configure_allocator_respects_opt_out(monkeypatch):
+    monkeypatch.setattr(runtime, "_allocator_configured", False)
+    monkeypatch.setenv(runtime.DEFAULT_MALLOC_ENV, "1")
+    assert runtime.configure_allocator() is False
+    assert runtime._allocator_configured is False
+
+
+def test_configure_allocator_sets_glibc_once(monkeypatch):
+    import ctypes
+    import sys
+
+    monkeypatch.setattr(runtime, "_allocator_configured", False)
+    monkeypatch.delenv(runtime.DEFAULT_MALLOC_ENV, raising=False)
+    try:
+        ctypes.CDLL(None).gnu_get_libc_version
+        glibc = sys.platform.startswith("linux")
+    except (OSError, AttributeError):
+        glibc = False
+    assert runtime.configure_allocator() is glibc
+    assert runtime.configure_allocator() is False  # second call: nothing more to do

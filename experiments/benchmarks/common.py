@@ -23,14 +23,17 @@ from typing import Any, Callable, Sequence
 
 def apply_project_xla_flags(extra: Sequence[str] = ()) -> str:
     """The project's XLA flags (`pcam_jax.runtime.PROJECT_XLA_FLAGS`) and ``extra``, merged
-    into ``XLA_FLAGS`` (flags already there win), as the CLI entry points do.
+    into ``XLA_FLAGS`` (flags already there win), and its allocator setting, as the CLI entry
+    points do.
 
     Must run before JAX initialises its backend. Returns the resulting ``XLA_FLAGS``.
-    Set ``PCAM_JAX_NO_XLA_FLAGS=1`` to measure XLA's own defaults.
+    Set ``PCAM_JAX_NO_XLA_FLAGS=1`` / ``PCAM_JAX_DEFAULT_MALLOC=1`` to measure XLA's /
+    glibc's own defaults.
     """
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
     from pcam_jax import runtime
 
+    runtime.configure_allocator()
     return runtime.configure_xla_flags(extra)
 
 
@@ -84,9 +87,18 @@ def environment_header() -> str:
         f"python {platform.python_version()}, {versions}",
         f"jax backend: {jax.default_backend()}, {len(devices)} device(s): {', '.join(kinds)}",
         f"XLA_FLAGS: {os.environ.get('XLA_FLAGS', '') or '(none)'}",
+        f"allocator: {_allocator_setting()}",
         f"command: {shlex.join([os.path.basename(sys.executable)] + sys.argv)}",
     ]
     return "\n".join(f"# {line}" for line in lines)
+
+
+def _allocator_setting() -> str:
+    from pcam_jax import runtime
+
+    if runtime._allocator_configured:  # noqa: SLF001  (set by configure_allocator in this process)
+        return "glibc, freed memory reused (pcam_jax.runtime.configure_allocator)"
+    return "C library defaults"
 
 
 def timeit(fn: Callable[[], Any], warmup: int = 2, rounds: int = 10) -> tuple[float, float, float]:
