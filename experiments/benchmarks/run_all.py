@@ -3,7 +3,9 @@
     python experiments/benchmarks/run_all.py [--quick]
 
 Run it on a quiet machine; quote ratios against the PyTorch twin (../shared/bench) run in
-the same session, not absolute times. `--quick` uses small shapes to check the scripts work.
+the same session, not absolute times. When that twin is installed (/tmp/torch-ref, by
+`bash ../shared/bench/setup.sh`), the full run ends with `vs_pytorch.py`, which alternates
+JAX and PyTorch runs and prints their ratio. `--quick` uses small shapes to check the scripts work.
 """
 
 import argparse
@@ -12,6 +14,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+TORCH_PYTHON = "/tmp/torch-ref/bin/python"
 FULL = {
     "train_step.py": ["--stages", "1,2,3"],
     "maps.py": [],
@@ -34,7 +37,12 @@ def main():
         print(f"\n===== {script} {' '.join(flags)}", flush=True)
         if subprocess.run([sys.executable, os.path.join(HERE, script), *flags]).returncode != 0:
             failed.append(script)
+    if not args.quick and os.path.exists(TORCH_PYTHON):
+        print("\n===== vs_pytorch.py", flush=True)
+        if subprocess.run([sys.executable, os.path.join(HERE, "vs_pytorch.py")]).returncode != 0:
+            failed.append("vs_pytorch.py")
     print("\nPyTorch reference, same session: bash ../shared/bench/setup.sh, then\n"
+          "  python experiments/benchmarks/vs_pytorch.py                 # interleaved train-step ratio\n"
           "  /tmp/torch-ref/bin/python ../shared/bench/torch_reference.py train --batch 16 --size 320\n"
           "  /tmp/torch-ref/bin/python ../shared/bench/torch_reference.py maps --batch 16 --size 320")
     if failed:
