@@ -121,6 +121,29 @@ def timeit(fn: Callable[[], Any], warmup: int = 2, rounds: int = 10) -> tuple[fl
     return statistics.median(times), min(times), max(times)
 
 
+def timeit_interleaved(fns: dict[str, Callable[[], Any]], warmup: int = 2,
+                       rounds: int = 10) -> dict[str, tuple[float, float, float]]:
+    """`timeit` for several functions, one call of each per round (A, B, C, A, B, C, ...).
+
+    On a machine whose speed drifts, timing A's rounds and then B's can favour either; in
+    turns, drift touches all alike. Returns ``{name: (median, min, max)}`` seconds.
+    """
+    import jax
+
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(t), min(t), max(t)) for name, t in times.items()}
+
+
 def json_line(row: dict) -> str:
     """One measurement as a JSON line (floats rounded to 6 significant digits)."""
     clean = {k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in row.items()}

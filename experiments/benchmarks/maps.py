@@ -9,7 +9,8 @@ statistics), random images in [0, 1], targets = the predicted class (pytorch-gra
 default). Rows: a plain jitted forward; each method alone as one jitted call (forward, plus
 a VJP for the gradient methods, plus the masked forwards for Score-CAM); and all requested
 methods in one jitted `pcam_jax.maps.all_maps` call sharing the forward. Median of
-``--rounds`` timed calls after warm-up (Score-CAM: at most 3 rounds, 1 warm-up).
+``--rounds`` timed calls after warm-up, the rows timed in turns (one call of each per round)
+so that machine drift touches all alike (Score-CAM: at most 3 rounds, 1 warm-up, alone).
 
 Compare with pytorch-grad-cam 1.5.7 on the same network and batch, run in the same session:
     /tmp/torch-ref/bin/python ../shared/bench/torch_reference.py maps --batch 16 --size 320
@@ -77,21 +78,27 @@ def main():
     model, variables, images = build(args.size, args.batch, args.seed)
     forward = jax.jit(lambda v, x: model.apply(v, x))
 
-    def measure(name, fn, num_maps, slow=False):
-        warmup, rounds = (1, min(args.rounds, 3)) if slow else (args.warmup, args.rounds)
-        median, low, high = common.timeit(lambda: fn(variables, images), warmup=warmup, rounds=rounds)
-        row = {"bench": "maps", "method": name, "batch": args.batch, "size": args.size, "rounds": rounds,
+    # (name, fn, maps per image); all but Score-CAM are timed in turns, one call each per round.
+    entries = [("forward", forward, 0)] + [(m, maps.make_all_maps_fn(model, (m,), args.chunk), 1) for m in methods]
+    if len(methods) > 1:
+        entries.append((f"all_maps({len(methods)} methods)", maps.make_all_maps_fn(model, tuple(methods), args.chunk),
+                        len(methods)))
+    slow = {name for name, _, _ in entries if "score_cam" in name}
+    timings = common.timeit_interleaved({name: (lambda fn=fn: fn(variables, images))
+                                         for name, fn, _ in entries if name not in slow},
+                                        warmup=args.warmup, rounds=args.rounds)
+    for name, fn, _ in entries:
+        if name in slow:  # minutes per round: 1 warm-up, at most 3 rounds, timed alone
+            timings[name] = common.timeit(lambda fn=fn: fn(variables, images), warmup=1, rounds=min(args.rounds, 3))
+    rows = []
+    for name, _, num_maps in entries:
+        median, low, high = timings[name]
+        row = {"bench": "maps", "method": name, "batch": args.batch, "size": args.size,
+               "rounds": min(args.rounds, 3) if name in slow else args.rounds,
                "median_s": median, "min_s": low, "max_s": high, "images_per_s": args.batch / median,
                "maps_per_s": num_maps * args.batch / median if num_maps else None}
         print(common.json_line(row), flush=True)
-        return row
-
-    rows = [measure("forward", forward, 0)]
-    for method in methods:
-        rows.append(measure(method, maps.make_all_maps_fn(model, (method,), args.chunk), 1, method == "score_cam"))
-    if len(methods) > 1:
-        rows.append(measure(f"all_maps({len(methods)} methods)", maps.make_all_maps_fn(model, tuple(methods), args.chunk),
-                            len(methods), "score_cam" in methods))
+        rows.append(row)
     base = rows[0]["median_s"]
     table = [dict(row, median_ms=1e3 * row["median_s"], min_ms=1e3 * row["min_s"], max_ms=1e3 * row["max_s"],
                   vs_forward=f"{row['median_s'] / base:.3f}x") for row in rows]
