@@ -166,6 +166,7 @@ def test_config_differences_ignores_what_may_change():
     now.data.data_dir = "/elsewhere"          # moved data
     now.train.keep_checkpoints = 7
     now.stage2.omega = 3.0                    # not part of stage 1
+    now.model.conv_impl, now.model.pool_impl = "xla", "xla"   # same math, other XLA formulation
     assert checkpointing.config_differences(saved, checkpointing.config_to_json_dict(now), 1) == []
     assert checkpointing.config_differences(saved, checkpointing.config_to_json_dict(now), 2) == [
         "stage2.omega: checkpoint 10.0, now 3.0"]

@@ -34,11 +34,10 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_policies
 
 # Fields that may change between a run and its resumption without changing what the
-# checkpoint means: where the data lives, evaluation batching, prefetch depth, and the
-# number of epochs (extending a finished stage continues it). `train.*` and `eval.*`
+# checkpoint means: where the data lives, evaluation batching, prefetch depth, how XLA is
+# asked to compute the same math (the model's *_impl choices share parameters and results),
+# and the number of epochs (extending a finished stage continues it). `train.*` and `eval.*`
 # (logging, checkpoint cadence, evaluation settings) are never compared.
-# Fields a run may change when it resumes: where data lives, how it is fed, and how XLA is
-# asked to compute the same math (the *_impl choices share parameters and results).
 _RESUMABLE_FIELDS = ("data.data_dir", "data.prefetch", "data.eval_batch_size", "data.skip_corrupt",
                      "model.conv_impl", "model.pool_impl")
 
