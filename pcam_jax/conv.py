@@ -107,11 +107,13 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         and feature_group_count == 1 and batch_group_count == 1 and precision is None
         and preferred_element_type is None and lhs.dtype == rhs.dtype
     )
-    strides = tuple(int(s) for s in window_strides)
-    if plain and strides == (1, 1) and _same_padding(rhs.shape[:2], padding):
-        return _conv_s1(lhs, rhs, tuple(tuple(int(v) for v in p) for p in padding))
-    if plain and space_to_depth and strides[0] == strides[1] > 1 and lhs.shape[-1] == 1:
-        return space_to_depth_conv(lhs, rhs, strides[0], tuple(tuple(int(v) for v in p) for p in padding))
+    if plain:
+        strides = tuple(int(s) for s in window_strides)
+        pads = tuple(tuple(int(v) for v in p) for p in padding)
+        if strides == (1, 1) and _same_padding(rhs.shape[:2], pads):
+            return _conv_s1(lhs, rhs, pads)
+        if space_to_depth and strides[0] == strides[1] > 1 and lhs.shape[-1] == 1:
+            return space_to_depth_conv(lhs, rhs, strides[0], pads)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                                     feature_group_count, batch_group_count, precision, preferred_element_type)
 

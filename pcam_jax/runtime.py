@@ -135,6 +135,11 @@ def configure_allocator() -> bool:
     return ok
 
 
+def allocator_configured() -> bool:
+    """Whether `configure_allocator` changed glibc's malloc settings in this process."""
+    return _allocator_configured
+
+
 def configure(extra_xla_flags: Sequence[str] = (), compilation_cache: bool = True) -> str:
     """`configure_xla_flags`, `configure_allocator`, then (optionally) `enable_compilation_cache`.
 

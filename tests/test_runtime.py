@@ -40,4 +40,5 @@ def test_configure_allocator_sets_glibc_once(monkeypatch):
     except (OSError, AttributeError):
         glibc = False
     assert runtime.configure_allocator() is glibc
+    assert runtime.allocator_configured() is glibc
     assert runtime.configure_allocator() is False  # second call: nothing more to do

@@ -33,8 +33,8 @@ def apply_project_xla_flags(extra: Sequence[str] = ()) -> str:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
     from pcam_jax import runtime
 
-    runtime.configure_allocator()
-    return runtime.configure_xla_flags(extra)
+    # As the entry points, minus the compilation cache: benchmarks warm up anyway.
+    return runtime.configure(extra, compilation_cache=False)
 
 
 def _cpu_model() -> str:
@@ -96,7 +96,7 @@ def environment_header() -> str:
 def _allocator_setting() -> str:
     from pcam_jax import runtime
 
-    if runtime._allocator_configured:  # noqa: SLF001  (set by configure_allocator in this process)
+    if runtime.allocator_configured():
         return "glibc, freed memory reused (pcam_jax.runtime.configure_allocator)"
     return "C library defaults"
 
@@ -107,18 +107,7 @@ def timeit(fn: Callable[[], Any], warmup: int = 2, rounds: int = 10) -> tuple[fl
     Each call's result is waited for (``jax.block_until_ready``), so asynchronous dispatch
     does not hide the work; warm-up absorbs compilation.
     """
-    import jax
-
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times), max(times)
+    return timeit_interleaved({"fn": fn}, warmup=warmup, rounds=rounds)["fn"]
 
 
 def timeit_interleaved(fns: dict[str, Callable[[], Any]], warmup: int = 2,

@@ -101,6 +101,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=5, help="untimed batches per row")
     parser.add_argument("--skip-synthetic", action="store_true")
     args = parser.parse_args()
+    common.apply_project_xla_flags()  # the allocator setting the training entry points run with
 
     from pcam_jax import configs
     from pcam_jax.data import pipeline
