@@ -3,14 +3,14 @@
 Stage 1 trains a ResNet classifier whose positive class activation map marks the lesion;
 stage 2 makes that map learnable (a masked second pass, after GAIN); stage 3 guides it
 with a few clinician lesion labels through an FCN decoder sharing the encoder.
-See README.md and the design notes in the repository.
+See README.md and docs/METHOD.md.
 """
 
 __version__ = "0.1.0"
 
 
-def load(workdir, stage: int = 3):
+def load(workdir, stage: int = 3, which: str | int = "best"):
     """Load a trained run for analysis: see `pcam_jax.analysis.load`."""
     from pcam_jax.analysis import load as _load
 
-    return _load(workdir, stage=stage)
+    return _load(workdir, stage=stage, which=which)

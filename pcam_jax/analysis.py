@@ -24,9 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from pcam_jax import maps as maps_lib
-from pcam_jax.models import PCAMNet, create_model
+from pcam_jax.models import PCAMNet, abnormal_probability, create_model
+from pcam_jax.training import stages as stages_lib
 
-DECODER = "decoder"
+DECODER = maps_lib.DECODER
 METHODS = maps_lib.METHODS + (DECODER,)
 
 
@@ -67,7 +68,7 @@ class Run:
         self.model = create_model(self.config.model)
         self.image_size = int(self.config.data.image_size)
         model = self.model
-        self._probs = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x)[0])[:, 1])
+        self._probs = jax.jit(lambda v, x: abnormal_probability(model, v, x)[0])
         self._decoder = jax.jit(lambda v, x: model.apply(v, x, method=PCAMNet.segment))
         self._maps_fns = {}
 
@@ -103,8 +104,10 @@ class Run:
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown map method(s) {unknown}; choose from {METHODS}")
-        if DECODER in methods and self.stage != 3:  # stages 1-2 carry an untrained, frozen decoder
-            raise ValueError(f"the decoder map needs a stage-3 run; this is stage {self.stage}")
+        if DECODER in methods and not stages_lib.get(self.stage).trains_decoder:  # a frozen, untrained decoder
+            trained = [n for n, s in stages_lib.STAGES.items() if s.trains_decoder]
+            raise ValueError(f"the decoder map needs a run of stage {' or '.join(map(str, trained))}; "
+                             f"this is stage {self.stage}")
         classifier_methods = tuple(m for m in methods if m != DECODER)
         out = {m: [] for m in methods}
         for start, (part, n) in zip(range(0, len(model_images), self.chunk), self._chunks(model_images)):

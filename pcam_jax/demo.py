@@ -1,4 +1,4 @@
-"""``pcam-jax demo [--workdir work/demo]``: the whole method on synthetic radiographs, on a CPU.
+"""The demo: the whole method on synthetic radiographs, on a CPU (``pcam-jax demo``, `pcam_jax.cli.demo`).
 
 Phases, each a function (so one can be swapped or added) and each timed:
 
@@ -18,7 +18,7 @@ import pathlib
 import time
 from typing import Any, Callable
 
-from pcam_jax.training import cli as train_cli  # the shared flags: --config, --workdir, ...
+from pcam_jax.training import stages as stages_lib
 
 DEFAULT_WORKDIR = "work/demo"
 
@@ -47,7 +47,7 @@ def prepare_data(config, workdir) -> dict:
 def train(config, workdir) -> dict:
     from pcam_jax.training import loop
 
-    return loop.train_and_evaluate(config, workdir, (1, 2, 3))
+    return loop.train_and_evaluate(config, workdir, stages_lib.NUMBERS)
 
 
 def evaluate(config, workdir) -> dict:
@@ -100,26 +100,3 @@ def run_demo(workdir=DEFAULT_WORKDIR, config=None, phases: tuple[Phase, ...] = P
         seconds[name] = time.perf_counter() - started
     print(summarize(workdir, outputs, seconds), flush=True)
     return {"outputs": outputs, "seconds": seconds}
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise SystemExit(f"pcam-jax demo: unexpected arguments {' '.join(argv[1:])!r} (flags only)")
-    from pcam_jax.training import mesh
-
-    from pcam_jax import runtime
-
-    runtime.configure()
-    mesh.maybe_initialize_distributed()
-    train_cli.quiet_logs()
-    workdir = train_cli._WORKDIR.value or DEFAULT_WORKDIR
-    try:
-        run_demo(workdir, train_cli._CONFIG.value)
-    except Exception as error:  # known failures: a message and a status, not a traceback
-        from pcam_jax.training import checkpointing, loop
-
-        if isinstance(error, loop.NonFiniteLossError):
-            raise SystemExit(f"pcam-jax demo: {error}") from None
-        if isinstance(error, checkpointing.ConfigMismatchError):
-            raise SystemExit(f"pcam-jax demo: {error}\n(or delete {workdir} to start over)") from None
-        raise

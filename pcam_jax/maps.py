@@ -33,6 +33,8 @@ ApplyFn = Callable[..., tuple[Array, Array]]
 
 METHODS = ("cam", "positive_cam", "grad_cam", "grad_cam_pp", "layer_cam", "score_cam")
 _GRADIENT_METHODS = ("grad_cam", "grad_cam_pp", "layer_cam")
+ABNORMAL = 1  # the class whose map shows the lesion
+DECODER = "decoder"  # stage 3's FCN lesion map: a map name beside METHODS, made by the model itself
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -125,7 +127,7 @@ def _check_features_and_weights(features: Array, weights: Array) -> None:
         raise ValueError(
             f"expected features (B, h, w, K) and dense weights (K, C) with the same K; got "
             f"features {features.shape} and weights {weights.shape}. Pass the head's kernel, "
-            "params['head']['dense']['kernel'], and the encoder's final feature map.")
+            "pcam_jax.models.head_kernel(params), and the encoder's final feature map.")
 
 
 def class_weights(weights: Array, targets: Array, logit_difference: bool = False) -> Array:
@@ -161,6 +163,28 @@ def positive_cam(features: Array, weights: Array, targets: Array, logit_differen
     """
     _check_features_and_weights(features, weights)
     return _weighted_sum(features, jax.nn.relu(class_weights(weights, targets, logit_difference)))
+
+
+def attention_map(features: Array, weights: Array, image_hw: tuple[int, int],
+                  logit_difference: bool = False) -> Array:
+    """Stage 2's attention ``A``: the abnormal class's positive CAM at image size, in [0, 1].
+
+    ``P = sum_k relu(W[k, abnormal]) * h_k`` (or with ``W[:, 1] - W[:, 0]`` when
+    ``logit_difference``), upsampled bilinearly to ``image_hw`` and min-max normalised per
+    image with an epsilon (a flat map gives zeros, not NaN). Differentiable in the features
+    and the kernel: this is the path by which stage 2's loss trains the encoder. The same
+    map is shown in TensorBoard and scored as ``stage2/positive_cam``.
+
+    Args:
+      features: (B, h, w, K) encoder output.
+      weights: (K, C) dense kernel of the head (`pcam_jax.models.head_kernel`).
+      image_hw: (H, W) of the images.
+    Returns:
+      (B, H, W) float32.
+    """
+    targets = jnp.full((features.shape[0],), ABNORMAL, jnp.int32)
+    cam_ = positive_cam(features, weights, targets, logit_difference=logit_difference)
+    return normalize(upsample(cam_, int(image_hw[0]), int(image_hw[1])))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,13 +358,13 @@ def make_all_maps_fn(model, methods: Sequence[str] = METHODS, chunk: int = 32) -
     Variables are an argument (not baked into the program), so one compilation serves every
     checkpoint of the same shapes.
     """
-    from pcam_jax.models import classifier_apply_fn  # the network module is optional here
+    from pcam_jax.models import classifier_apply_fn, head_kernel  # the network module is optional here
 
     methods = _check_methods(methods)
 
     @jax.jit
     def fn(variables: Mapping, images: Array, targets: Array | None = None):
-        kernel = variables["params"]["head"]["dense"]["kernel"]
-        return all_maps(classifier_apply_fn(model, variables), kernel, images, targets, methods, chunk)
+        return all_maps(classifier_apply_fn(model, variables), head_kernel(variables["params"]), images,
+                        targets, methods, chunk)
 
     return fn

@@ -8,7 +8,7 @@ One parameter pytree holds all three parts::
 The classifier is ``head(encoder(x))`` and the FCN is ``decoder(encoder(x))``: both read
 the same ``params["encoder"]``, never a copy.
 
-Counting the layers. The default encoder follows ``shared/bench`` (the PyTorch twin we
+Counting the layers. The default encoder follows ``experiments/benchmarks/torch_twin`` (the PyTorch twin we
 benchmark against): a 7x7/2 stem convolution and a 3x3/2 max-pool, then ten basic blocks
 (2, 3, 3, 2 per stage; widths 16, 32, 64, 128; strides 1, 2, 2, 1), each with two 3x3
 convolutions. The weighted layers on the main path are 1 stem + 20 block convolutions +
@@ -199,6 +199,25 @@ class PCAMNet(nn.Module):
         features, stages = self.encoder(images, train)
         features32 = features.astype(jnp.float32)
         return self.head(features32), features32, self.decoder(features, stages, images.shape[1:3])
+
+
+ABNORMAL = 1  # class index of "abnormal" (pcam_jax.data.CLASS_NAMES)
+
+
+def head_kernel(params: dict) -> Array:
+    """The head's dense kernel ``W`` (K, C), the weights of every CAM: ``params["head"]["dense"]["kernel"]``."""
+    return params["head"]["dense"]["kernel"]
+
+
+def abnormal_probability(model: "PCAMNet", variables: dict, images: Array) -> tuple[Array, Array]:
+    """``(p, logits)``: P(abnormal) (B,) and float32 logits (B, C) of the eval-mode forward.
+
+    The one evaluation forward: the loop's model selection, `pcam-jax evaluate` and the
+    analysis API all score images through it.
+    """
+    logits, _ = model.apply(variables, images, train=False)
+    logits = logits.astype(jnp.float32)
+    return jax.nn.softmax(logits, axis=-1)[:, ABNORMAL], logits
 
 
 def create_model(model_config: Any) -> PCAMNet:

@@ -18,6 +18,9 @@ Three things happen:
   ``~/.cache/pcam_jax/jax``; an empty value disables it), so a second run of the same shapes
   skips most of the 3-4 s compile of a train step.
 
+`tensorflow()` imports TensorFlow (for tf.data and TFDS only) with every GPU hidden from it,
+so it never takes accelerator memory that JAX needs.
+
 Each flag's measured effect is recorded in docs/PERFORMANCE.md. XLA reads ``XLA_FLAGS`` once,
 when the backend starts: calling `configure` after the first computation changes nothing for
 this process (it warns).
@@ -150,3 +153,18 @@ def configure(extra_xla_flags: Sequence[str] = (), compilation_cache: bool = Tru
     if compilation_cache:
         enable_compilation_cache()
     return flags
+
+
+def tensorflow():
+    """The ``tensorflow`` module, with GPUs hidden from it: tf.data needs the CPU only.
+
+    Imported lazily (2.5-4 s of start-up) by the data modules alone. Hiding fails once TF has
+    initialised its devices (someone imported and used it first); then that choice stands.
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        pass
+    return tf

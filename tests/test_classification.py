@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from pcam_jax.evaluation import classification as cls
+from pcam_jax.metrics import classification as cls
 
 
 def _slow_auroc(probs, labels):

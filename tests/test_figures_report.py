@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pcam_jax import overlays
 from pcam_jax.evaluation import figures, report
 
 
@@ -25,16 +26,16 @@ def test_overlay_blends_image_and_colour_map():
     image = np.full((4, 5), 0.5)
     saliency = np.zeros((4, 5))
     saliency[1, 2] = 1.0
-    rgb = figures.overlay(image, saliency, alpha=0.5, cmap="jet")
+    rgb = overlays.overlay(image, saliency, alpha=0.5, cmap="jet")
     assert rgb.shape == (4, 5, 3) and rgb.dtype == np.uint8
     for value, (y, x) in ((1.0, (1, 2)), (0.0, (0, 0))):
         colour = np.array(matplotlib.colormaps["jet"](value)[:3])
         np.testing.assert_array_equal(rgb[y, x], np.round((0.5 * 0.5 + 0.5 * colour) * 255).astype(np.uint8))
     # alpha 0 gives the gray image back, from uint8 or (H, W, 1) input alike.
-    np.testing.assert_array_equal(figures.overlay(np.full((4, 5, 1), 128, np.uint8), saliency, alpha=0.0),
+    np.testing.assert_array_equal(overlays.overlay(np.full((4, 5, 1), 128, np.uint8), saliency, alpha=0.0),
                                   np.full((4, 5, 3), 128, np.uint8))
     with pytest.raises(ValueError, match="resize the map"):
-        figures.overlay(image, np.zeros((3, 5)))
+        overlays.overlay(image, np.zeros((3, 5)))
 
 
 def test_figure2_layout_and_png(tmp_path):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from pcam_jax.evaluation import localisation as loc
+from pcam_jax.metrics import localisation as loc
 
 
 # ----------------------------------------------------------------------------- slow references

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pcam_jax import configs, models
-from pcam_jax.training import checkpointing, loop
+from pcam_jax.training import checkpointing, loop, stages
 
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")  # see conftest.py
@@ -264,7 +264,7 @@ def test_prefetch_keeps_order_and_depth():
 
 
 def test_parse_stages():
-    assert loop.parse_stages("3,1") == (1, 3)
-    assert loop.parse_stages((2,)) == (2,)
+    assert stages.parse("3,1") == (1, 3)
+    assert stages.parse((2,)) == (2,)
     with pytest.raises(ValueError, match="subset of 1,2,3"):
-        loop.parse_stages("1,4")
+        stages.parse("1,4")

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pcam_jax import maps
 from pcam_jax.training import losses
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
@@ -151,7 +152,7 @@ def test_attention_map_matches_numpy(logit_difference):
     features = rng.uniform(0, 2, size=(2, 4, 4, 3)).astype(np.float32)
     # mixed signs so the ReLU of the weights matters
     kernel = np.array([[0.5, 1.0], [0.3, -0.7], [-0.2, 0.4]], np.float32)
-    got = losses.attention_map(jnp.asarray(features), jnp.asarray(kernel), (8, 8), logit_difference)
+    got = maps.attention_map(jnp.asarray(features), jnp.asarray(kernel), (8, 8), logit_difference)
     want = _numpy_attention(features.astype(np.float64), kernel.astype(np.float64), 8, 8, logit_difference)
     assert got.shape == (2, 8, 8)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -160,6 +161,6 @@ def test_attention_map_matches_numpy(logit_difference):
 def test_attention_map_of_a_flat_map_is_zero_with_finite_gradient():
     features = jnp.ones((1, 4, 4, 3))
     kernel = jnp.array([[0.5, 1.0], [0.3, -0.7], [-0.2, 0.4]])
-    np.testing.assert_array_equal(losses.attention_map(features, kernel, (8, 8)), 0.0)
-    grad = jax.grad(lambda f: jnp.sum(losses.soft_mask(losses.attention_map(f, kernel, (8, 8)))))(features)
+    np.testing.assert_array_equal(maps.attention_map(features, kernel, (8, 8)), 0.0)
+    grad = jax.grad(lambda f: jnp.sum(losses.soft_mask(maps.attention_map(f, kernel, (8, 8)))))(features)
     assert np.all(np.isfinite(grad))

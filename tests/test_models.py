@@ -12,7 +12,7 @@ def test_default_network_shapes_and_parameter_count():
     params = variables["params"]
     assert set(params) == {"encoder", "head", "decoder"}
     assert set(variables["batch_stats"]) == {"encoder"}
-    # The PyTorch twin in shared/bench has 793,330 parameters: encoder + head must match it.
+    # The PyTorch twin in experiments/benchmarks/torch_twin has 793,330 parameters: encoder + head must match it.
     assert count_params(params["encoder"]) + count_params(params["head"]) == 793_330
     assert feature_shape(model, 320) == (1, 20, 20, 128)
     logits, features, lesion = jax.eval_shape(

@@ -8,8 +8,8 @@ from absl import app
 from absl import flags
 
 from pcam_jax import cli
+from pcam_jax.cli import prepare
 from pcam_jax.data import mura
-from pcam_jax.data import prepare
 
 DUMMY = pathlib.Path(mura.__file__).parent / "dummy_data"
 FLAGS = flags.FLAGS
@@ -23,8 +23,9 @@ def fresh_flags():
 
 
 def run_main(argv):
-    """What absl's app.run does before calling main: parse the flags, pass the rest."""
-    return prepare.main(FLAGS(["pcam-jax prepare"] + argv))
+    """What the dispatcher does under absl's app.run: parse the flags, run the command with the
+    known errors mapped to one line on stderr and an exit status (SystemExit)."""
+    return cli.run_command("prepare", prepare.main, FLAGS(["pcam-jax prepare"] + argv))
 
 
 def test_prepare_mura_through_the_cli(tmp_path, capsys):
@@ -49,8 +50,9 @@ def test_skip_corrupt_is_reported_in_the_summary(tmp_path, capsys):
     shutil.copytree(DUMMY, manual)
     bad = "MURA-v1.1/train/XR_WRIST/patient00005/study1_negative/image2.png"
     (manual / bad).write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    with pytest.raises(SystemExit, match=bad):  # default: stop, naming the file
+    with pytest.raises(SystemExit) as exit_info:  # default: stop, naming the file
         run_main(["mura", f"--manual_dir={manual}", f"--data_dir={tmp_path / 'a'}"])
+    assert exit_info.value.code == 2 and bad in capsys.readouterr().err
     FLAGS.unparse_flags()
     run_main(["mura", f"--manual_dir={manual}", f"--data_dir={tmp_path / 'b'}", "--skip_corrupt"])
     out = capsys.readouterr().out
@@ -62,18 +64,20 @@ def test_skip_corrupt_is_reported_in_the_summary(tmp_path, capsys):
     (["mura", "--manual_dir=/no/such/folder"], "/no/such/folder does not exist"),
     (["mura"], "--manual_dir is required"),
 ])
-def test_bad_manual_dir_exits_non_zero_with_the_reason(tmp_path, argv, message):
+def test_bad_manual_dir_exits_with_bad_input_status_and_one_line(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         run_main(argv + [f"--data_dir={tmp_path}"])
-    code = exit_info.value.code
-    assert code not in (None, 0) and message in str(code)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err
+    assert err.startswith("pcam-jax prepare: ") and len(err.strip().splitlines()) == 1
 
 
-def test_incomplete_tree_lists_what_is_missing(tmp_path):
+def test_incomplete_tree_lists_what_is_missing(tmp_path, capsys):
     (tmp_path / "MURA-v1.1" / "train").mkdir(parents=True)
     with pytest.raises(SystemExit) as exit_info:
         run_main(["mura", f"--manual_dir={tmp_path}", f"--data_dir={tmp_path / 'out'}"])
-    message = str(exit_info.value.code)
+    message = capsys.readouterr().err
+    assert exit_info.value.code == 2
     assert "train_image_paths.csv" in message and "MURA-v1.1/valid" in message
     assert "missing" in message
 

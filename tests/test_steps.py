@@ -238,6 +238,7 @@ def test_eval_step(setup):
     logits, _ = model.apply({"params": state["params"], "batch_stats": state["batch_stats"]}, batch["image"])
     np.testing.assert_allclose(out["logits"], logits, rtol=1e-6)
     np.testing.assert_allclose(out["probs"], 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1])), rtol=1e-5)
-    maps = steps.make_map_step(configs.get_config("tiny"), model)(state, batch["image"])
-    assert maps["attention"].shape == maps["mask"].shape == (8, 32, 32)
-    assert float(maps["attention"].min()) >= 0.0 and float(maps["attention"].max()) <= 1.0
+    _, features = model.apply({"params": state["params"], "batch_stats": state["batch_stats"]}, batch["image"])
+    attention, mask = steps.attention_and_mask(features, state["params"], (32, 32), configs.get_config("tiny").stage2)
+    assert attention.shape == mask.shape == (8, 32, 32)
+    assert float(attention.min()) >= 0.0 and float(attention.max()) <= 1.0

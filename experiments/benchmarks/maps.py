@@ -13,7 +13,7 @@ methods in one jitted `pcam_jax.maps.all_maps` call sharing the forward. Median 
 so that machine drift touches all alike (Score-CAM: at most 3 rounds, 1 warm-up, alone).
 
 Compare with pytorch-grad-cam 1.5.7 on the same network and batch, run in the same session:
-    /tmp/torch-ref/bin/python ../shared/bench/torch_reference.py maps --batch 16 --size 320
+    /tmp/torch-ref/bin/python experiments/benchmarks/torch_twin/torch_reference.py maps --batch 16 --size 320
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
     python experiments/benchmarks/run_all.py [--quick]
 
-Run it on a quiet machine; quote ratios against the PyTorch twin (../shared/bench) run in
+Run it on a quiet machine; quote ratios against the PyTorch twin (experiments/benchmarks/torch_twin) run in
 the same session, not absolute times. When that twin is installed (/tmp/torch-ref, by
-`bash ../shared/bench/setup.sh`), the full run ends with `vs_pytorch.py`, which alternates
+`bash experiments/benchmarks/torch_twin/setup.sh`), the full run ends with `vs_pytorch.py`, which alternates
 JAX and PyTorch runs and prints their ratio. `--quick` uses small shapes to check the scripts work.
 """
 
@@ -41,10 +41,10 @@ def main():
         print("\n===== vs_pytorch.py", flush=True)
         if subprocess.run([sys.executable, os.path.join(HERE, "vs_pytorch.py")]).returncode != 0:
             failed.append("vs_pytorch.py")
-    print("\nPyTorch reference, same session: bash ../shared/bench/setup.sh, then\n"
+    print("\nPyTorch reference, same session: bash experiments/benchmarks/torch_twin/setup.sh, then\n"
           "  python experiments/benchmarks/vs_pytorch.py                 # interleaved train-step ratio\n"
-          "  /tmp/torch-ref/bin/python ../shared/bench/torch_reference.py train --batch 16 --size 320\n"
-          "  /tmp/torch-ref/bin/python ../shared/bench/torch_reference.py maps --batch 16 --size 320")
+          "  /tmp/torch-ref/bin/python experiments/benchmarks/torch_twin/torch_reference.py train --batch 16 --size 320\n"
+          "  /tmp/torch-ref/bin/python experiments/benchmarks/torch_twin/torch_reference.py maps --batch 16 --size 320")
     if failed:
         sys.exit(f"failed: {', '.join(failed)}")
 

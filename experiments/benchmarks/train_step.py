@@ -15,8 +15,8 @@ cost and no more, the passes are also timed alone (skip with --no-parts):
   `labelled_batch_size` images;
 
 and the table gives stage 1 + those parts next to the measured step.
-Compare with the PyTorch twin in ../shared/bench (same network, batch and size) run in
-the same session:  /tmp/torch-ref/bin/python ../shared/bench/torch_reference.py train --batch 16 --size 320
+Compare with the PyTorch twin in experiments/benchmarks/torch_twin (same network, batch and size) run in
+the same session:  /tmp/torch-ref/bin/python experiments/benchmarks/torch_twin/torch_reference.py train --batch 16 --size 320
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Stage-1 train step, JAX against the PyTorch twin in ../shared/bench, interleaved.
+"""Stage-1 train step, JAX against the PyTorch twin in experiments/benchmarks/torch_twin, interleaved.
 
-    bash ../shared/bench/setup.sh                       # once: /tmp/torch-ref with CPU PyTorch
+    bash experiments/benchmarks/torch_twin/setup.sh                       # once: /tmp/torch-ref with CPU PyTorch
     python experiments/benchmarks/vs_pytorch.py          # b16@320 and b32@128, 3 rounds each
     python experiments/benchmarks/vs_pytorch.py --shapes 16x320 --rounds 5 --channels-last
 
@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (experiments/benchmarks/common.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_TORCH_SCRIPT = os.path.normpath(os.path.join(HERE, "..", "..", "..", "shared", "bench", "torch_reference.py"))
+DEFAULT_TORCH_SCRIPT = os.path.join(HERE, "torch_twin", "torch_reference.py")
 
 
 def _run(cmd: list[str]) -> str:
@@ -67,7 +67,7 @@ def main():
     missing = [p for p in (args.torch_python, args.torch_script) if not os.path.exists(p)]
     if missing:
         sys.exit(f"vs_pytorch.py: {', '.join(missing)} not found. Create the PyTorch reference with "
-                 "`bash ../shared/bench/setup.sh`, or pass --torch-python / --torch-script.")
+                 "`bash experiments/benchmarks/torch_twin/setup.sh`, or pass --torch-python / --torch-script.")
     common.apply_project_xla_flags()
     print(common.environment_header())
     print(f"# PyTorch: {args.torch_python} {args.torch_script}{' --channels-last' if args.channels_last else ''}")

@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Input pipeline (pcam_jax.data.pipeline).
     c.data = ml_collections.ConfigDict(dict(
         dataset="synthetic",          # "synthetic" | "mura"
-        data_dir="",                  # TFDS data dir; "" -> <workdir>/../data or ~/tensorflow_datasets
+        data_dir="",                  # TFDS data dir; "" -> ~/tensorflow_datasets (pcam_jax.data.resolve_data_dir)
         image_size=320,
         resize="stretch",             # "stretch" (MURA baseline) | "pad" (keep aspect, pad to square)
         batch_size=16,

@@ -28,5 +28,14 @@ Batches (what `pcam_jax.data.pipeline` yields, numpy, per process):
 `DEVICE_KEYS` names the numeric keys that go to the accelerator.
 """
 
+import os
+
 DEVICE_KEYS = ("image", "label", "mask", "has_mask", "valid")
 CLASS_NAMES = ("normal", "abnormal")
+DEFAULT_DATA_DIR = "~/tensorflow_datasets"  # TFDS's own default
+
+
+def resolve_data_dir(config, data_dir: str | None = None) -> str:
+    """The TFDS data directory: ``data_dir`` if given, else ``config.data.data_dir``, else
+    `DEFAULT_DATA_DIR`; ``~`` expanded. The one place this default is decided."""
+    return os.path.expanduser(str(data_dir or config.data.data_dir or DEFAULT_DATA_DIR))

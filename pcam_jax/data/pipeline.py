@@ -18,21 +18,19 @@ skips are read as bytes but never decoded. One tf.data iterator serves the whole
 (epochs are concatenated inside the graph, not by re-creating iterators).
 
 Batch sizes in the config are global; each process gets `size // process_count`.
-TensorFlow is imported here (and kept off GPUs); the rest of the project imports this
-module lazily.
+TensorFlow is imported here (through `pcam_jax.runtime.tensorflow`, which keeps it off the
+GPUs); the rest of the project imports this module lazily.
 """
 
 from collections.abc import Iterator, Mapping
 import math
-import os
 
 import numpy as np
-import tensorflow as tf
 
-try:  # tf.data only needs the CPU; leave every accelerator to JAX.
-    tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # devices already initialised by an earlier import; nothing to do
-    pass
+from pcam_jax import runtime
+from pcam_jax.data import resolve_data_dir
+
+tf = runtime.tensorflow()  # tf.data only needs the CPU; every accelerator is left to JAX
 
 METADATA_KEYS = ("path", "study_id", "body_part")
 _ENCODED_MAGIC = (b"\x89PN", b"\xff\xd8\xff")  # PNG, JPEG
@@ -377,7 +375,7 @@ def image_sizes(records) -> dict[str, tuple[int, int]]:
 # ----------------------------------------------------------------------------- loaders
 
 def _builder(config, data_dir: str | None):
-    data_dir = data_dir or config.data.data_dir or os.path.expanduser("~/tensorflow_datasets")
+    data_dir = resolve_data_dir(config, data_dir)
     if config.data.dataset == "synthetic":
         from pcam_jax.data import synthetic_builder
         return synthetic_builder.prepare(config.synthetic, data_dir)

@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from pcam_jax import runtime
 from pcam_jax.data import CLASS_NAMES
 from pcam_jax.data import synthetic
 
@@ -129,18 +130,9 @@ def record(synthetic_config, split: str, item: synthetic.PlannedImage) -> dict:
     }
 
 
-def _keep_tensorflow_off_gpus() -> None:
-    import tensorflow as tf  # lazily: 3 s of start-up
-
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # TF already initialised its devices; whoever did it chose
-        pass
-
-
 def builder(synthetic_config, data_dir: str | os.PathLike) -> tfds.core.DatasetBuilder:
     """The `synthetic_xray` builder for these settings, reading and writing under data_dir."""
-    _keep_tensorflow_off_gpus()
+    runtime.tensorflow()  # before TFDS touches TensorFlow
     synthetic.check_config(synthetic_config)  # clear errors before TFDS sees anything
     # Every config here is "custom" (named by its settings); TFDS warns about that each time.
     absl_logger = logging.get_absl_logger()

@@ -2,7 +2,8 @@
 
 `evaluate_workdir(workdir)` restores each trained stage (config from the checkpoint), runs
 the test split once, and writes to ``<workdir>/eval/``: metrics.json, report.md,
-figure2.png, pr_curves.png and confusion_matrix.png. Map methods scored:
+figure2.png, pr_curves.png and confusion_matrix.png. Map methods scored per stage are the
+stage's ``map_methods`` (`pcam_jax.training.stages`):
 
     stage1/{cam, positive_cam, grad_cam, grad_cam_pp, layer_cam, score_cam}
     stage2/positive_cam            (the learnt attention map)
@@ -26,13 +27,11 @@ import numpy as np
 
 from pcam_jax import analysis
 from pcam_jax import maps as maps_lib
-from pcam_jax.evaluation import classification, figures, localisation, report
+from pcam_jax.data import resolve_data_dir
+from pcam_jax.evaluation import figures, report
+from pcam_jax.metrics import classification, localisation
+from pcam_jax.training import checkpointing, stages as stages_lib
 
-STAGE_METHODS = {
-    1: ("cam", "positive_cam", "grad_cam", "grad_cam_pp", "layer_cam", "score_cam"),
-    2: ("positive_cam",),
-    3: ("decoder", "positive_cam"),
-}
 # Figure 2 of the paper, done properly: image, mask, then these maps.
 FIGURE2_COLUMNS = {
     "stage1/cam": "CAM", "stage1/positive_cam": "positive CAM", "stage1/grad_cam": "Grad-CAM",
@@ -44,10 +43,8 @@ THRESHOLD_SPLIT = {"synthetic": "heldout_labelled"}
 
 def trained_stages(workdir) -> list[int]:
     """Stages with at least one checkpoint in `workdir`."""
-    from pcam_jax.training import checkpointing
-
     found = []
-    for stage in (1, 2, 3):
+    for stage in stages_lib.NUMBERS:
         directory = checkpointing.stage_directory(workdir, stage)
         if directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir()):
             found.append(stage)
@@ -66,7 +63,7 @@ def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *,
     records = pipeline.load_records(config, split, data_dir)
     size = int(config.data.image_size)
     out = {"probs": {s: [] for s in runs}, "labels": [], "study_id": [], "body_part": [],
-           "maps": {f"stage{s}/{m}": [] for s in runs for m in STAGE_METHODS[s]},
+           "maps": {f"stage{s}/{m}": [] for s in runs for m in stages_lib.get(s).map_methods},
            "masks": [], "images": [], "n_empty_masks": 0}
     for batch in pipeline.eval_batches(config, records):
         valid = batch["valid"]
@@ -82,7 +79,7 @@ def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *,
             continue
         images = batch["image"][keep]
         for stage, run in runs.items():
-            for method, raw in run.raw_maps(images, STAGE_METHODS[stage]).items():
+            for method, raw in run.raw_maps(images, stages_lib.get(stage).map_methods).items():
                 out["maps"][f"stage{stage}/{method}"].append(
                     np.asarray(maps_lib.postprocess(jnp.asarray(raw), size, size), np.float32))
         out["masks"].append(batch["mask"][keep].astype(np.uint8))
@@ -131,8 +128,6 @@ def _to_json(value):
 def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None = None,
                      out_dir=None, which: str | int = "best", verbose: bool = True) -> dict:
     """Evaluates every trained stage in `workdir`; writes and returns the metrics dict."""
-    from pcam_jax.training import checkpointing
-
     workdir = pathlib.Path(workdir)
     out_dir = pathlib.Path(out_dir) if out_dir else workdir / "eval"
     stages = trained_stages(workdir)
@@ -143,7 +138,7 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
     runs = {s: analysis.load(workdir, s, which) for s in stages}
     config = runs[stages[-1]].config
     dataset = config.data.dataset
-    data_dir = data_dir or (str(config.data.data_dir) or None)
+    data_dir = resolve_data_dir(config, data_dir)
     split = split or TEST_SPLIT.get(dataset, "test")
     for stage, run in runs.items():
         if run.config.data.image_size != config.data.image_size:

@@ -1,4 +1,4 @@
-"""Figures for the evaluation report: the Figure-2 grid, PR curves, a confusion matrix, overlays.
+"""Figures for the evaluation report: the Figure-2 grid, PR curves, a confusion matrix.
 
 Functions take numpy arrays and return a `matplotlib.figure.Figure` built without pyplot
 (no global state, no window, nothing to close); save it with `fig.savefig(path, dpi=...)`.
@@ -9,58 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib
 import numpy as np
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-DEFAULT_CMAP = "jet"  # the CAM convention readers know (pytorch-grad-cam's COLORMAP_JET)
+from pcam_jax.overlays import DEFAULT_CMAP, blend, image_rgb
+
 _MASK_RGB = np.array([1.0, 0.15, 0.15])
 
 
-def _image_rgb(image) -> np.ndarray:
-    """(H, W, 3) float in [0, 1] from a gray or RGB image, float [0, 1] or uint8."""
-    image = np.asarray(image)
-    if image.dtype == np.uint8:
-        image = image / 255.0
-    image = np.asarray(image, dtype=np.float64)
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"image must be (H, W), (H, W, 1) or (H, W, 3); got shape {image.shape}.")
-    return np.clip(image, 0.0, 1.0)
-
-
-def _blend(image, saliency, alpha: float, cmap: str) -> np.ndarray:
-    """Float (H, W, 3): (1 - alpha) * image + alpha * cmap(map), the map on a fixed 0..1 scale."""
-    rgb = _image_rgb(image)
-    saliency = np.asarray(saliency, dtype=np.float64)
-    if saliency.shape != rgb.shape[:2]:
-        raise ValueError(
-            f"map has shape {saliency.shape} but the image is {rgb.shape[:2]}: resize the map to the image first.")
-    if not np.all(np.isfinite(saliency)):
-        raise ValueError("map contains NaN or inf values.")
-    colour = matplotlib.colormaps[cmap](np.clip(saliency, 0.0, 1.0))[..., :3]
-    return (1.0 - alpha) * rgb + alpha * colour
-
-
-def overlay(image, saliency, alpha: float = 0.5, cmap: str = DEFAULT_CMAP) -> np.ndarray:
-    """The map drawn over the image in colour, as RGB uint8 (H, W, 3) ready for a PNG.
-
-    Args:
-      image: (H, W), (H, W, 1) or (H, W, 3), float in [0, 1] or uint8.
-      saliency: (H, W) map in [0, 1] (0 and 1 are the ends of the colour map, whatever the map's range).
-      alpha: weight of the colour map.
-      cmap: matplotlib colour-map name.
-    """
-    return np.round(_blend(image, saliency, alpha, cmap) * 255.0).astype(np.uint8)
-
-
 def _mask_rgb(image, mask) -> np.ndarray:
-    rgb = _image_rgb(image)
+    rgb = image_rgb(image)
     mask = np.asarray(mask, dtype=np.float64)[..., None]
     return (1.0 - 0.5 * mask) * rgb + 0.5 * mask * _MASK_RGB
 
@@ -103,8 +63,8 @@ def figure2(images, masks, maps: Mapping[str, np.ndarray], titles: Sequence[str]
     fig = Figure(figsize=(panel_size * len(columns) + 1.0, panel_size * n + 0.4), layout="constrained")
     axes = fig.subplots(n, len(columns), squeeze=False)
     for row in range(n):
-        panels = [_image_rgb(images[row]), _mask_rgb(images[row], masks[row])]
-        panels += [_blend(images[row], m[row], alpha, cmap) for m in maps.values()]
+        panels = [image_rgb(images[row]), _mask_rgb(images[row], masks[row])]
+        panels += [blend(images[row], m[row], alpha, cmap) for m in maps.values()]
         for col, (ax, panel) in enumerate(zip(axes[row], panels)):
             ax.imshow(panel, interpolation="nearest")
             if col >= 2:

@@ -33,6 +33,9 @@ from absl import logging as absl_logging
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_policies
 
+from pcam_jax.errors import CheckpointError, ConfigMismatchError
+from pcam_jax.training import stages as stages_lib
+
 # Fields that may change between a run and its resumption without changing what the
 # checkpoint means: where the data lives, evaluation batching, prefetch depth, how XLA is
 # asked to compute the same math (the model's *_impl choices share parameters and results),
@@ -65,14 +68,6 @@ class _DropOrbaxNoise(logging.Filter):
 logging.getLogger("absl").addFilter(_DropOrbaxNoise())
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing or cannot be used; the message says which and what to do."""
-
-
-class ConfigMismatchError(CheckpointError):
-    """The config of a checkpoint and the current config differ in fields that matter."""
-
-
 def stage_directory(workdir: str | pathlib.Path, stage: int) -> pathlib.Path:
     return pathlib.Path(workdir).absolute() / "checkpoints" / f"stage{stage}"
 
@@ -86,13 +81,15 @@ def config_to_json_dict(config: ml_collections.ConfigDict | Mapping) -> dict:
 
 def _compared_sections(stage: int, config: Mapping) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(sections compared, dotted fields ignored) when resuming stage ``stage``."""
-    sections = ["seed", "model", "data", "optimizer", f"stage{stage}"]
+    spec = stages_lib.get(stage)
+    sections = ["seed", "model", "data", "optimizer", spec.name]
     if config.get("data", {}).get("dataset") == "synthetic":
         sections.append("synthetic")
-    ignored = list(_RESUMABLE_FIELDS) + [f"stage{stage}.num_epochs"]
-    if stage == 3:  # stage 3 optimises stage 2's loss too: its settings matter, its schedule not
-        sections.append("stage2")
-        ignored += ["stage2.num_epochs", "stage2.init_from"]
+    ignored = list(_RESUMABLE_FIELDS) + [f"{spec.name}.num_epochs"]
+    for number in spec.also_compared:  # e.g. stage 3 optimises stage 2's loss: its settings matter,
+        other = stages_lib.get(number)   # its schedule and starting point do not
+        sections.append(other.name)
+        ignored += [f"{other.name}.num_epochs"] + ([f"{other.name}.{other.init_option}"] if other.init_option else [])
     return tuple(sections), tuple(ignored)
 
 

@@ -1,10 +1,12 @@
-"""One loop for all three stages: data, jitted steps on a mesh, evaluation, checkpoints, logs.
+"""One loop for all stages: data, jitted steps on a mesh, evaluation, checkpoints, logs.
 
-`train_and_evaluate(config, workdir, stages=(1, 2, 3))` runs the stages in order. For each:
+`train_and_evaluate(config, workdir, stages=(1, 2, 3))` runs the stages in order. What differs
+between stages (losses, starting point, frozen parts, the labelled stream) is read from
+`pcam_jax.training.stages`. For each stage:
 
-- a fresh train state (stage 1; stage 2 from scratch or from stage 1's best checkpoint per
-  ``config.stage2.init_from``; stage 3 from stage 2's best encoder + head with a fresh
-  decoder), replicated over a mesh of all devices; batches sharded along ``data``;
+- a fresh train state, or the source stage's best encoder + head with a fresh rest (stage 2
+  from scratch or stage 1 per ``config.stage2.init_from``; stage 3 from stage 2), replicated
+  over a mesh of all devices; batches sharded along ``data``;
 - if the stage has checkpoints, the latest one is restored (after checking its config
   matches) and training resumes at its step, with the data stream at the same position;
   a stage whose checkpoint is at or past its last step is skipped;
@@ -28,27 +30,15 @@ import jax
 import numpy as np
 
 from pcam_jax import models
-from pcam_jax.data import DEVICE_KEYS
-from pcam_jax.training import checkpointing, mesh as mesh_lib, reporting, state as state_lib, steps
+from pcam_jax.errors import NonFiniteLossError
+from pcam_jax.data import DEVICE_KEYS, resolve_data_dir
+from pcam_jax.metrics.classification import classification_metrics
+from pcam_jax.training import checkpointing, mesh as mesh_lib, reporting, stages as stages_lib
+from pcam_jax.training import state as state_lib, steps
 
-STAGES = (1, 2, 3)
 # What `jax_disable_most_optimizations` sets, for programs that run once.
 _RUN_ONCE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-INIT_FROM = ("scratch", "stage1")
 NUM_IMAGE_SUMMARIES = 4
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or Inf; ``stage``, ``step`` (first bad step) and the last good checkpoint."""
-
-    def __init__(self, stage: int, step: int, last_good_step: int | None, directory):
-        self.stage, self.step, self.last_good_step = stage, step, last_good_step
-        kept = (f"the last good checkpoint, step {last_good_step}, is kept in {directory}"
-                if last_good_step is not None else "no checkpoint of this stage had been saved")
-        super().__init__(
-            f"stage {stage}: the loss became NaN or Inf at step {step}; training stopped and nothing "
-            f"after it was saved ({kept}). Lower config.optimizer.learning_rate (or add warm-up), "
-            f"check the input data, or resume from the checkpoint with a changed config in a new --workdir.")
 
 
 class DataSource(Protocol):
@@ -68,7 +58,7 @@ class PipelineData:
         from pcam_jax.data import pipeline
 
         self._pipeline, self._config = pipeline, config
-        self._data_dir = data_dir or (str(config.data.data_dir) or None)
+        self._data_dir = resolve_data_dir(config, data_dir)
         self._process = dict(process_index=jax.process_index(), process_count=jax.process_count())
         self._records = {}
         self.steps_per_epoch = pipeline.steps_per_epoch(
@@ -116,8 +106,6 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 def evaluate(eval_step: Callable, state: dict, batches: Iterable[dict], mesh) -> dict[str, float]:
     """Image-level classification metrics over every valid example of ``batches``."""
-    from pcam_jax.evaluation.classification import classification_metrics
-
     probs, labels, valid = [], [], []
     for device_batch, _ in prefetch_to_device(batches, mesh):
         out = eval_step(state, device_batch)
@@ -146,32 +134,30 @@ def _local_variables(state: dict) -> dict:
     return {"params": jax.tree.map(pick, state["params"]), "batch_stats": jax.tree.map(pick, state["batch_stats"])}
 
 
-def _state_factory(config, model, *, carry: bool):
-    """``create(rng, previous) -> state``: fresh, or ``previous``'s encoder + head and a fresh rest."""
+def _state_factory(config, model, *, carried_parts: tuple[str, ...] = ()):
+    """``create(rng, previous) -> state``: fresh, or ``previous``'s ``carried_parts`` and a fresh rest."""
     image_size = int(config.data.image_size)
 
     def create(rng, previous):
-        if not carry:
+        if not carried_parts:
             return state_lib.create_train_state(config, model, rng)
         fresh = models.init_variables(model, rng, image_size)
-        variables = state_lib.carry_over(previous, fresh, parts=("encoder", "head"))
+        variables = state_lib.carry_over(previous, fresh, parts=carried_parts)
         return state_lib.create_train_state(config, model, rng, init_params=variables)
 
     return create
 
 
-def _source_stage(stage: int, config) -> int | None:
-    return {2: 1 if config.stage2.init_from == "stage1" else None, 3: 2}.get(stage)
-
-
 def initial_state(stage: int, config, model, rng: jax.Array, workdir, mesh=None) -> dict:
     """The state a stage starts from, created by one jitted function (replicated over ``mesh``).
 
-    Stage 2 with ``init_from="stage1"`` and stage 3 read the previous stage's best
-    checkpoint (by ``train.best_metric``; its latest when none has metrics) and take its
-    encoder and head (with their batch statistics); the decoder and the optimizer are fresh.
+    A stage with a source (`Stage.source`: stage 2 with ``init_from="stage1"``, stage 3) reads
+    that stage's best checkpoint (by ``train.best_metric``; its latest when none has metrics)
+    and takes its carried parts, encoder and head, with their batch statistics; the decoder
+    and the optimizer are fresh.
     """
-    source = _source_stage(stage, config)
+    spec = stages_lib.get(stage)
+    source = spec.source(config)
     previous = None
     if source is not None:
         previous_dir = checkpointing.stage_directory(workdir, source)
@@ -186,7 +172,7 @@ def initial_state(stage: int, config, model, rng: jax.Array, workdir, mesh=None)
             previous = previous_run.restore_variables(previous_run.best_step(), sharding)
         finally:
             previous_run.close()
-    create = _state_factory(config, model, carry=source is not None)
+    create = _state_factory(config, model, carried_parts=spec.carried_parts if source is not None else ())
     out_shardings = mesh_lib.replicated(mesh) if mesh is not None else None
     # Runs once: compiled without XLA's expensive passes (on CPU the random initialisers take
     # seconds instead of tens of seconds to compile; values agree to float rounding).
@@ -196,7 +182,7 @@ def initial_state(stage: int, config, model, rng: jax.Array, workdir, mesh=None)
 
 def abstract_state(config, model, mesh) -> dict:
     """Shapes, dtypes and (replicated) shardings of a stage's state, without computing it."""
-    shapes = jax.eval_shape(_state_factory(config, model, carry=False), jax.random.key(0), None)
+    shapes = jax.eval_shape(_state_factory(config, model), jax.random.key(0), None)
     sharding = mesh_lib.replicated(mesh)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
@@ -209,9 +195,10 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
                 *, on_step: Callable[[int, int], None] | None = None) -> dict:
     """Train (or resume, or skip) one stage; returns its summary (step, epoch, eval metrics, seconds)."""
     started = time.perf_counter()
+    spec = stages_lib.get(stage)
     batch_size = int(config.data.batch_size)
     steps_per_epoch = int(data.steps_per_epoch)
-    num_epochs = int(config[f"stage{stage}"].num_epochs)
+    num_epochs = int(spec.settings(config).num_epochs)
     total_steps = num_epochs * steps_per_epoch
     log_every = max(int(config.train.log_every_steps), 1)
     image_every = int(config.train.image_summary_every_steps)
@@ -240,15 +227,14 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
             start = int(meta["data_position"])
             reporter.message(f"stage {stage}: resuming from step {start} ({checkpoints.directory})")
 
-        train_step = mesh_lib.jit_train_step(steps.make_train_step(stage, config, model), mesh, state)
+        train_step = mesh_lib.jit_train_step(steps.make_train_step(spec, config, model), mesh, state)
         eval_step = jax.jit(steps.make_eval_step(model))
-        maps_fn = reporting.jit_attention_maps(model, stage=stage,
-                                               logit_difference=bool(config.stage2.logit_difference))
+        maps_fn = reporting.jit_summary_maps(model, stage=spec, logit_difference=bool(config.stage2.logit_difference))
         seed = _stage_seed(config, stage)
         depth = int(config.data.get("prefetch", 2))
         batches = prefetch_to_device(data.train_batches(seed=seed, start_step=start), mesh, depth)
         labelled = (prefetch_to_device(data.labelled_batches(seed=seed, start_step=start), mesh, depth)
-                    if stage == 3 else None)
+                    if spec.needs_labelled else None)
 
         pending: list[tuple[int, dict]] = []   # (step, device metrics) not yet checked
         last_eval = None
@@ -269,7 +255,7 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
         def save(done: int, metrics: dict | None) -> None:
             confidence = _host_confidence(state)
             meta = {"stage": stage, "step": done, "epoch": done // steps_per_epoch, "steps_per_epoch": steps_per_epoch,
-                    "total_steps": total_steps, "data_position": done, "labelled_position": done if stage == 3 else 0,
+                    "total_steps": total_steps, "data_position": done, "labelled_position": done if spec.needs_labelled else 0,
                     "confidence": confidence, "eval": metrics, "config": config_json}
             checkpoints.save(state, meta, metrics)
 
@@ -314,19 +300,7 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
         checkpoints.close()
 
 
-def parse_stages(stages: str | Iterable[int]) -> tuple[int, ...]:
-    """``"1,2,3"`` or ``(2, 3)`` -> sorted unique stages, with a clear error for anything else."""
-    items = str(stages).replace(" ", "").split(",") if isinstance(stages, str) else list(stages)
-    try:
-        parsed = sorted({int(s) for s in items if str(s) != ""})
-    except ValueError:
-        parsed = []
-    if not parsed or any(s not in STAGES for s in parsed):
-        raise ValueError(f"stages must be a comma-separated subset of 1,2,3 (e.g. --stages 1,2,3), got {stages!r}")
-    return tuple(parsed)
-
-
-def train_and_evaluate(config, workdir, stages: str | Iterable[int] = STAGES, *, data: DataSource | None = None,
+def train_and_evaluate(config, workdir, stages: str | Iterable[int] = stages_lib.NUMBERS, *, data: DataSource | None = None,
                        data_dir: str | None = None, mesh=None, reporter: reporting.Reporter | None = None,
                        on_step: Callable[[int, int], None] | None = None) -> dict[int, dict]:
     """Train ``stages`` in order in ``workdir`` (resuming whatever is there); {stage: summary}.
@@ -340,9 +314,10 @@ def train_and_evaluate(config, workdir, stages: str | Iterable[int] = STAGES, *,
       mesh: default `mesh.make_mesh()` over all devices.
       on_step: ``on_step(stage, step)`` after each step is dispatched (tests use it to interrupt).
     """
-    stages = parse_stages(stages)
-    if config.stage2.init_from not in INIT_FROM:
-        raise ValueError(f"config.stage2.init_from must be one of {INIT_FROM}, got {config.stage2.init_from!r}")
+    stages = stages_lib.parse(stages)
+    for spec in stages_lib.STAGES.values():  # a bad setting of any stage fails before stage 1 trains
+        spec.source(config)
+    steps.check_config(config)
     mesh = mesh_lib.make_mesh() if mesh is None else mesh
     data = PipelineData(config, data_dir) if data is None else data
     own_reporter = reporter is None

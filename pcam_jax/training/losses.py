@@ -1,4 +1,4 @@
-"""The losses of the three stages (DESIGN.md section 1) as pure functions: arrays in, arrays out.
+"""The losses of the three stages (docs/METHOD.md section 1) as pure functions: arrays in, arrays out.
 
 Conventions: ``logits`` (B, C) with C = 2 (0 = normal, 1 = abnormal); ``labels`` (B,) int;
 ``valid`` (B,) bool marks the rows that count (padding rows of a last batch do not). Every
@@ -11,12 +11,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pcam_jax.maps import normalize, positive_cam, upsample
-
 Array = jax.Array
 
 ABNORMAL = 1
 MASK_MODES = ("keep", "erase")
+
+
+def check_mask_mode(mode: str) -> None:
+    """The masked pass keeps (``I * T(A)``, the paper) or erases (``I - I * T(A)``, GAIN) the attended area."""
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r} (config.stage2.mask_mode)")
 
 
 def _rows(valid: Array | None, batch_size: int) -> Array:
@@ -67,27 +71,6 @@ def class_weights(abnormal_fraction: float) -> Array:
     return jnp.asarray([0.5 / (1.0 - p), 0.5 / p], jnp.float32)
 
 
-def attention_map(features: Array, head_kernel: Array, image_hw: tuple[int, int],
-                  logit_difference: bool = False) -> Array:
-    """Stage-2 attention ``A``: the abnormal class's positive CAM at image size, in [0, 1].
-
-    ``P = sum_k relu(W[k, abnormal]) * h_k`` (or with ``W[:, 1] - W[:, 0]`` when
-    ``logit_difference``), upsampled bilinearly to ``image_hw`` and min-max normalised per
-    image with an epsilon (a flat map gives zeros, not NaN). Differentiable in the features
-    and the kernel: this is the path by which L2 trains the encoder.
-
-    Args:
-      features: (B, h, w, K) encoder output.
-      head_kernel: (K, C) dense kernel of the head.
-      image_hw: (H, W) of the images.
-    Returns:
-      (B, H, W) float32.
-    """
-    targets = jnp.full((features.shape[0],), ABNORMAL, jnp.int32)
-    cam = positive_cam(features, head_kernel, targets, logit_difference=logit_difference)
-    return normalize(upsample(cam, int(image_hw[0]), int(image_hw[1])))
-
-
 def soft_mask(attention: Array, omega: float = 10.0, sigma: float = 0.5) -> Array:
     """``T(A) = sigmoid(omega * (A - sigma))``, a differentiable threshold of A at sigma."""
     return jax.nn.sigmoid(omega * (attention - sigma))
@@ -100,8 +83,7 @@ def masked_images(images: Array, mask: Array, mode: str) -> Array:
       images: (B, H, W, 1) in [0, 1].
       mask: (B, H, W) soft mask T(A) in [0, 1].
     """
-    if mode not in MASK_MODES:
-        raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r} (config.stage2.mask_mode)")
+    check_mask_mode(mode)
     kept = images * mask[..., None]
     return kept if mode == "keep" else images - kept
 
@@ -126,8 +108,7 @@ def attention_loss(masked_logits: Array, labels: Array, mode: str, abnormal_only
       masked_logits: (B, C) logits of the masked pass.
       labels: (B,) int.
     """
-    if mode not in MASK_MODES:
-        raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r} (config.stage2.mask_mode)")
+    check_mask_mode(mode)
     rows = _rows(valid, masked_logits.shape[0])
     if abnormal_only:
         rows = rows * (labels == ABNORMAL).astype(jnp.float32)

@@ -22,36 +22,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcam_jax.training import losses
+from pcam_jax import maps
+from pcam_jax.models import head_kernel
+from pcam_jax.overlays import overlay_batch
+from pcam_jax.training import stages as stages_lib
 
 
-def attention_maps(model, variables: dict, images: jax.Array, *, stage: int, logit_difference: bool = False
-                   ) -> dict[str, jax.Array]:
+def summary_maps(model, variables: dict, images: jax.Array, *, stage: stages_lib.Stage,
+                 logit_difference: bool = False) -> dict[str, jax.Array]:
     """Maps (B, H, W) in [0, 1] shown in TensorBoard: the abnormal positive CAM (stage 2's
-    attention ``A``) and, in stage 3, the decoder's lesion map. Eval mode (running BN stats).
+    attention ``A``) and, in a stage that trains the decoder, its lesion map. Eval mode.
 
     Args:
       variables: {"params", "batch_stats"}. images: (B, H, W, 1) in [0, 1].
     """
-    if stage == 3:
+    if stage.trains_decoder:
         _, features, lesion = model.apply(variables, images, train=False, method=type(model).classify_and_segment)
     else:
         _, features = model.apply(variables, images, train=False)
         lesion = None
-    kernel = variables["params"]["head"]["dense"]["kernel"]
-    maps = {"positive_cam": losses.attention_map(features, kernel, images.shape[1:3], logit_difference)}
+    out = {"positive_cam": maps.attention_map(features, head_kernel(variables["params"]), images.shape[1:3],
+                                              logit_difference)}
     if lesion is not None:
-        maps["decoder"] = lesion
-    return maps
-
-
-def overlay(images: np.ndarray, maps: np.ndarray, alpha: float = 0.45, colormap: str = "jet") -> np.ndarray:
-    """Heat maps blended over grayscale images: (B, H, W, 1) and (B, H, W) in [0, 1] -> uint8 (B, H, W, 3)."""
-    import matplotlib
-
-    gray = np.repeat(np.clip(np.nan_to_num(np.asarray(images, np.float32)), 0, 1)[..., :1], 3, axis=-1)
-    heat = matplotlib.colormaps[colormap](np.clip(np.nan_to_num(np.asarray(maps, np.float32)), 0, 1))[..., :3]
-    return np.round(255 * ((1 - alpha) * gray + alpha * heat)).astype(np.uint8)
+        out["decoder"] = lesion
+    return out
 
 
 def mean_metrics(records: list[Mapping[str, float]]) -> dict[str, float]:
@@ -146,7 +140,7 @@ class Reporter:
         if not (self.enabled and self._writer is not None):
             return
         for name, values in maps.items():
-            self._writer.image(f"stage{self._stage}/maps/{name}", overlay(images, values), step,
+            self._writer.image(f"stage{self._stage}/maps/{name}", overlay_batch(images, values), step,
                                max_outputs=len(images))
 
     def message(self, text: str) -> None:
@@ -164,7 +158,7 @@ class Reporter:
             self._writer = None
 
 
-def jit_attention_maps(model, *, stage: int, logit_difference: bool = False):
-    """`attention_maps` jitted for one stage: ``fn(variables, images) -> {name: (B, H, W)}``."""
-    return jax.jit(lambda variables, images: attention_maps(
+def jit_summary_maps(model, *, stage: stages_lib.Stage, logit_difference: bool = False):
+    """`summary_maps` jitted for one stage: ``fn(variables, images) -> {name: (B, H, W)}``."""
+    return jax.jit(lambda variables, images: summary_maps(
         model, variables, jnp.asarray(images), stage=stage, logit_difference=logit_difference))

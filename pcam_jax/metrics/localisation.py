@@ -1,6 +1,6 @@
 """Localisation metrics of saliency maps against lesion masks, vectorised in numpy.
 
-Inputs everywhere (DESIGN.md section 4):
+Inputs everywhere (docs/METHOD.md section 4):
     maps   (N, H, W) float in [0, 1], min-max normalised per image and resized to the image;
     masks  (N, H, W) {0, 1} lesion masks of the same images.
 

@@ -2,7 +2,7 @@
 
 `probs` is always the probability of the abnormal class, shape (B,); `labels` are 0 (normal)
 or 1 (abnormal). A prediction is abnormal when `prob > threshold` (default 0.5), at image and
-at study level alike (DESIGN.md section 4). Every function returns plain Python numbers so
+at study level alike (docs/METHOD.md section 4). Every function returns plain Python numbers so
 the result goes straight into `json.dump`; a metric that is undefined on the given data
 (AUROC with one class, sensitivity with no abnormal case, ...) is NaN, never an exception.
 """

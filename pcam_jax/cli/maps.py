@@ -10,14 +10,7 @@ import csv
 import pathlib
 import sys
 
-from absl import flags
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/.", allow_override=True)
-_STAGE = flags.DEFINE_integer("stage", None, "Stage to load; default the last trained one.", allow_override=True)
-_METHOD = flags.DEFINE_string("method", "positive_cam",
-                              "cam, positive_cam, grad_cam, grad_cam_pp, layer_cam, score_cam or decoder.",
-                              allow_override=True)
-_OUT = flags.DEFINE_string("out", None, "Output directory for overlays and predictions.csv.", allow_override=True)
+from pcam_jax.cli import flags
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -49,20 +42,25 @@ def main(argv):
     import numpy as np
     from PIL import Image
 
-    from pcam_jax.analysis import load
+    from pcam_jax.analysis import METHODS, load
     from pcam_jax.evaluation.evaluate import trained_stages
-    from pcam_jax.evaluation.figures import overlay
+    from pcam_jax.overlays import overlay
 
-    if not _WORKDIR.value or not _OUT.value:
-        raise SystemExit("pcam-jax maps: --workdir and --out are required")
+    if not flags.WORKDIR.value or not flags.OUT.value:
+        raise ValueError("--workdir and --out are required")
+    method = flags.METHOD.value
+    if method not in METHODS:
+        raise ValueError(f"unknown --method {method!r}; choose from {', '.join(METHODS)}")
     paths = image_paths(argv[1:])
     if not paths:
-        raise SystemExit("give one or more images (PNG/JPEG) or folders after the flags")
-    stages = trained_stages(_WORKDIR.value)
+        raise ValueError("give one or more images (PNG/JPEG) or folders after the flags")
+    stages = trained_stages(flags.WORKDIR.value)
     if not stages:
-        raise SystemExit(f"no checkpoints under {_WORKDIR.value}/checkpoints")
-    run = load(_WORKDIR.value, stage=_STAGE.value or stages[-1])
-    out = pathlib.Path(_OUT.value)
+        raise FileNotFoundError(f"no checkpoints under {flags.WORKDIR.value}/checkpoints: train first "
+                                "(`pcam-jax train`) or point --workdir at a run")
+    run = load(flags.WORKDIR.value, stage=flags.STAGE.value or stages[-1],
+               which=flags.which_checkpoint(flags.WHICH.value))
+    out = pathlib.Path(flags.OUT.value)
     out.mkdir(parents=True, exist_ok=True)
     failed, rows = [], []
     for path in paths:
@@ -73,8 +71,8 @@ def main(argv):
             print(f"skipped: {error}", file=sys.stderr)
             continue
         prob = float(run.predict(image)[0])
-        saliency = run.maps(image, method=_METHOD.value)[0]
-        name = f"{path.stem}_{_METHOD.value}.png"
+        saliency = run.maps(image, method=method)[0]
+        name = f"{path.stem}_{method}.png"
         Image.fromarray(overlay(image.astype(np.float32) / 255.0, saliency)).save(out / name)
         rows.append((str(path), prob, int(prob > 0.5), name))
         print(f"{path}: p(abnormal) = {prob:.3f} -> {out / name}")

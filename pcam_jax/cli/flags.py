@@ -1,0 +1,42 @@
+"""Every command-line flag of ``pcam-jax``, defined once (absl flags are process-global).
+
+Each command module imports the flags it reads from here; the dispatcher (`pcam_jax.cli`)
+imports only the command that runs. ``--config`` takes a preset name (base, synthetic,
+mura, tiny) or a config file, and any field can be overridden (``--config.data.batch_size=64``).
+"""
+
+from absl import flags
+from ml_collections import config_flags
+
+CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file or preset (synthetic, mura, tiny, base); override fields with "
+    "--config.a.b=value.", lock_config=True)
+WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints/, metrics.jsonl, tensorboard/, eval/.")
+DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default: config.data.data_dir, "
+                               "else ~/tensorflow_datasets).")
+
+# train
+STAGES = flags.DEFINE_string("stages", "1,2,3", "Stages to train, in order, e.g. 1,2,3 or 3.")
+
+# evaluate, maps
+WHICH = flags.DEFINE_string("which", "best", "Checkpoint per stage: best, latest or a step number.")
+OUT = flags.DEFINE_string("out", None, "Output directory (evaluate: default <workdir>/eval).")
+SPLIT = flags.DEFINE_string("split", None, "Split to score; default test (synthetic) or valid (MURA).")
+STAGE = flags.DEFINE_integer("stage", None, "Stage to load; default the last trained one.")
+METHOD = flags.DEFINE_string("method", "positive_cam", "Map method (maps); an unknown name is answered with the list.")
+
+# prepare
+MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "mura: the folder that holds MURA-v1.1/ (see pcam_jax.data.mura).")
+SKIP_CORRUPT = flags.DEFINE_boolean("skip_corrupt", None, "mura: skip unreadable images and report them "
+                                    "(default: config.data.skip_corrupt).")
+LABEL_POLICY = flags.DEFINE_enum("label_policy", "error", ["error", "trust_csv"],
+                                 "mura: a study whose CSV label disagrees with its folder stops the build "
+                                 "('error') or takes the CSV label with a warning ('trust_csv').")
+MODEL_SELECTION_FRACTION = flags.DEFINE_float(
+    "model_selection_fraction", None, "mura: fraction of train patients held out "
+    "(default: config.data.model_selection_fraction).")
+
+
+def which_checkpoint(value: str) -> str | int:
+    """``--which``: "best", "latest" or a step number."""
+    return int(value) if value.isdigit() else value

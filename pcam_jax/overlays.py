@@ -1,0 +1,64 @@
+"""Heat maps drawn over radiographs: the one overlay of TensorBoard, figures and `pcam-jax maps`.
+
+``overlay(image, map)`` blends ``cmap(map)`` over the gray image with weight ``alpha``, the map
+on a fixed 0..1 scale (so 0 and 1 are the ends of the colour map whatever the map's range);
+`overlay_batch` does the same for a batch. Plain numpy + a matplotlib colour map (no pyplot).
+"""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+
+DEFAULT_CMAP = "jet"  # the CAM convention readers know (pytorch-grad-cam's COLORMAP_JET)
+DEFAULT_ALPHA = 0.5
+
+
+def image_rgb(image) -> np.ndarray:
+    """(H, W, 3) float in [0, 1] from a gray or RGB image, float [0, 1] or uint8."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        image = image / 255.0
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be (H, W), (H, W, 1) or (H, W, 3); got shape {image.shape}.")
+    return np.clip(image, 0.0, 1.0)
+
+
+def blend(image, saliency, alpha: float, cmap: str) -> np.ndarray:
+    """Float (H, W, 3): (1 - alpha) * image + alpha * cmap(map), the map on a fixed 0..1 scale."""
+    rgb = image_rgb(image)
+    saliency = np.asarray(saliency, dtype=np.float64)
+    if saliency.shape != rgb.shape[:2]:
+        raise ValueError(
+            f"map has shape {saliency.shape} but the image is {rgb.shape[:2]}: resize the map to the image first.")
+    if not np.all(np.isfinite(saliency)):
+        raise ValueError("map contains NaN or inf values.")
+    colour = matplotlib.colormaps[cmap](np.clip(saliency, 0.0, 1.0))[..., :3]
+    return (1.0 - alpha) * rgb + alpha * colour
+
+
+def overlay(image, saliency, alpha: float = DEFAULT_ALPHA, cmap: str = DEFAULT_CMAP) -> np.ndarray:
+    """The map drawn over the image in colour, as RGB uint8 (H, W, 3) ready for a PNG.
+
+    Args:
+      image: (H, W), (H, W, 1) or (H, W, 3), float in [0, 1] or uint8.
+      saliency: (H, W) map in [0, 1] (0 and 1 are the ends of the colour map, whatever the map's range).
+      alpha: weight of the colour map.
+      cmap: matplotlib colour-map name.
+    """
+    return np.round(blend(image, saliency, alpha, cmap) * 255.0).astype(np.uint8)
+
+
+def overlay_batch(images, maps, alpha: float = DEFAULT_ALPHA, cmap: str = DEFAULT_CMAP) -> np.ndarray:
+    """`overlay` for a batch: images (B, H, W[, 1]) and maps (B, H, W) -> uint8 (B, H, W, 3).
+
+    NaN is drawn as 0 (the summary images of a diverging run must not stop the loop first).
+    """
+    images = np.nan_to_num(np.asarray(images, np.float32))
+    maps = np.nan_to_num(np.asarray(maps, np.float32))
+    return np.stack([overlay(image, saliency, alpha, cmap) for image, saliency in zip(images, maps)])

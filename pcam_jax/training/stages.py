@@ -1,0 +1,109 @@
+"""The three stages as data: one table of everything that differs between them.
+
+Every other module asks a `Stage` what to do (which losses, what to start from, what to
+freeze, which batches, which maps to score) instead of branching on the stage number, so a
+new stage (say, a segmenter trained on the labelled few alone) is one entry here plus its
+loss term in `pcam_jax.training.steps`. The method behind each entry: docs/METHOD.md.
+
+    stage  loss                                    starts from            frozen    labelled  scored maps
+    1      L1                                      scratch                decoder   no        cam, positive_cam, grad_cam, ...
+    2      (1 - lam) L1 + lam L2                   scratch | stage 1      decoder   no        positive_cam
+    3      (1 - lam) L1 + lam L2 + lam' L3         stage 2 (enc + head)   -         yes       decoder, positive_cam
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable
+
+from pcam_jax import maps
+
+LOSS_TERMS = ("l1", "l2", "l3")   # plain-pass cross-entropy, masked-pass attention loss, lesion loss
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """What one stage trains and how it is evaluated.
+
+    Attributes:
+      number: 1, 2, 3; its settings are ``config[f"stage{number}"]`` (see `settings`).
+      losses: the loss terms of `LOSS_TERMS` it optimises. With ``("l1",)`` alone the loss is
+        L1 (no confidence mixing); otherwise ``(1 - lambda) L1 + lambda L2 + lambda' L3``.
+      class_weighted_l1: L1 takes inverse-frequency class weights when the stage's config
+        section says ``class_weighted`` (the MURA baseline's loss).
+      frozen_parts: parts of ``params`` whose updates are zeroed (parts without a loss).
+      starts_from: the stage whose best checkpoint this one starts from (None: from scratch).
+      init_option: a field of the stage's config section that overrides ``starts_from``:
+        ``"scratch"`` or ``"stageN"`` (stage 2's ``init_from``: the paper retrains from scratch).
+      carried_parts: parts taken from the source stage's checkpoint (the rest is fresh).
+      needs_labelled: each step also draws a batch of the lesion-labelled few.
+      map_methods: the maps `pcam-jax evaluate` scores for this stage.
+      also_compared: other stages whose config sections must match when resuming (stage 3
+        optimises stage 2's loss, so stage 2's settings matter to it; its schedule does not).
+    """
+
+    number: int
+    losses: tuple[str, ...]
+    class_weighted_l1: bool = False
+    frozen_parts: tuple[str, ...] = ("decoder",)
+    starts_from: int | None = None
+    init_option: str | None = None
+    carried_parts: tuple[str, ...] = ("encoder", "head")
+    needs_labelled: bool = False
+    map_methods: tuple[str, ...] = ("positive_cam",)
+    also_compared: tuple[int, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"stage{self.number}"
+
+    @property
+    def trains_decoder(self) -> bool:
+        """The decoder has a loss (and is trained) in this stage; its map means something."""
+        return "decoder" not in self.frozen_parts
+
+    def settings(self, config: Any):
+        """This stage's config section, e.g. ``config.stage2``."""
+        return config[self.name]
+
+    def source(self, config: Any) -> int | None:
+        """The stage whose best checkpoint this one starts from; None for a fresh start."""
+        if self.init_option is None:
+            return self.starts_from
+        choice = str(self.settings(config)[self.init_option])
+        choices = ("scratch",) + tuple(f"stage{n}" for n in STAGES if n < self.number)
+        if choice not in choices:
+            raise ValueError(f"config.{self.name}.{self.init_option} must be one of {choices}, got {choice!r}")
+        return None if choice == "scratch" else int(choice[len("stage"):])
+
+    def uses(self, term: str) -> bool:
+        return term in self.losses
+
+
+STAGES: dict[int, Stage] = {
+    1: Stage(1, losses=("l1",), class_weighted_l1=True, map_methods=maps.METHODS),
+    2: Stage(2, losses=("l1", "l2"), init_option="init_from"),
+    3: Stage(3, losses=("l1", "l2", "l3"), frozen_parts=(), starts_from=2, needs_labelled=True,
+             map_methods=(maps.DECODER, "positive_cam"), also_compared=(2,)),
+}
+NUMBERS = tuple(STAGES)
+
+
+def get(number: int) -> Stage:
+    """The `Stage` numbered ``number``, with a clear error for anything else."""
+    if number not in STAGES:
+        raise ValueError(f"stage must be one of {NUMBERS}, got {number!r}")
+    return STAGES[number]
+
+
+def parse(stages: str | Iterable[int]) -> tuple[int, ...]:
+    """``"1,2,3"`` or ``(2, 3)`` -> sorted unique stage numbers, with a clear error for anything else."""
+    items = str(stages).replace(" ", "").split(",") if isinstance(stages, str) else list(stages)
+    try:
+        parsed = sorted({int(s) for s in items if str(s) != ""})
+    except ValueError:
+        parsed = []
+    if not parsed or any(s not in STAGES for s in parsed):
+        raise ValueError(f"stages must be a comma-separated subset of {','.join(map(str, NUMBERS))} "
+                         f"(e.g. --stages 1,2,3), got {stages!r}")
+    return tuple(parsed)
