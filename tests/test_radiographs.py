@@ -73,6 +73,8 @@ def test_window_boundaries_by_hand():
     x = np.array([1547.0, 1547.5, 1548.0, 2047.5, 2547.5, 2548.0])
     np.testing.assert_allclose(radiographs.window(x, 2048, 1001),
                                [0.0, 0.0, 0.0005, 0.5, 1.0, 1.0], atol=1e-12)
+    # Width 1 (the smallest LINEAR allows): a threshold, 1 strictly above c - 0.5.
+    np.testing.assert_array_equal(radiographs.window(np.array([9.4, 9.5, 9.6]), 10, 1), [0, 0, 1])
 
 
 def test_several_windows_take_the_first(tmp_path):

@@ -237,8 +237,8 @@ def _dicom_grey(path, ds, pixels) -> tuple[np.ndarray, str, tuple[float, float]]
     if centers is not None and widths is not None:
         center, width = _first(centers), _first(widths)  # several windows: the first
         function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
-        minimum = 1.0 if function == "LINEAR" else 0.0
-        if function in ("LINEAR", "LINEAR_EXACT", "SIGMOID") and width > minimum:
+        valid_width = width >= 1 if function == "LINEAR" else width > 0  # PS3.3 C.11.2.1.2
+        if function in ("LINEAR", "LINEAR_EXACT", "SIGMOID") and valid_width:
             return (window(values, center, width, function), f"window {function}",
                     window_bounds(center, width, function))
         logging.warning("%s: window centre %g width %g function %s is invalid; using the stored-"
