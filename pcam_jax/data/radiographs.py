@@ -132,7 +132,7 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- DICOM
 
-def _fail(path, what: str, fix: str):
+def _error(path, what: str, fix: str):
     return RadiographReadError(f"{path}: {what}; {fix}")
 
 
@@ -182,25 +182,25 @@ def _check_decoder(path, syntax) -> None:
     try:
         decoder = pydicom.pixels.get_decoder(syntax)
     except NotImplementedError:
-        raise _fail(path, f"pixel data in transfer syntax {syntax} ({syntax.name}), which pydicom "
+        raise _error(path, f"pixel data in transfer syntax {syntax} ({syntax.name}), which pydicom "
                     "cannot decode", "convert it to an uncompressed DICOM or a 16-bit PNG") from None
     if not decoder.is_available:
         options = "; ".join(d.split(" - requires ")[-1] for d in decoder.missing_dependencies)
-        raise _fail(path, f"pixel data compressed as {syntax.name} ({syntax}) and no decoder is "
+        raise _error(path, f"pixel data compressed as {syntax.name} ({syntax}) and no decoder is "
                     "installed", f"pip install one of: {options}")
 
 
 def _dicom_pixels(path, ds, frame: int | None):
     """(stored pixels (H, W) or (H, W, 3), number of frames) of a DICOM dataset."""
     if "PixelData" not in ds:
-        raise _fail(path, "DICOM file without pixel data (a report, structured report or "
+        raise _error(path, "DICOM file without pixel data (a report, structured report or "
                     "presentation state, or not a DICOM file)", "export the image itself")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1 and frame is None:
-        raise _fail(path, f"multi-frame DICOM ({frames} frames)",
+        raise _error(path, f"multi-frame DICOM ({frames} frames)",
                     "export one frame, or read it with frame=0 to take the first")
     if frame is not None and not 0 <= frame < frames:
-        raise _fail(path, f"frame {frame} requested of {frames}", f"pick 0..{frames - 1}")
+        raise _error(path, f"frame {frame} requested of {frames}", f"pick 0..{frames - 1}")
     syntax = _transfer_syntax(ds)
     _check_decoder(path, syntax)
     try:
@@ -208,7 +208,7 @@ def _dicom_pixels(path, ds, frame: int | None):
             ds.pixel_array_options(index=frame)
         pixels = ds.pixel_array
     except Exception as e:  # pydicom raises many types on truncated or inconsistent pixel data
-        raise _fail(path, f"DICOM pixel data cannot be decoded ({type(e).__name__}: {e})",
+        raise _error(path, f"DICOM pixel data cannot be decoded ({type(e).__name__}: {e})",
                     "the file is truncated or its header is inconsistent; export it again") from e
     return pixels, frames
 
@@ -252,7 +252,7 @@ def _read_dicom(path, ds, frame: int | None) -> tuple[np.ndarray, RadiographInfo
     bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
     if photometric in _MONOCHROME:
         if pixels.ndim != 2:
-            raise _fail(path, f"{photometric} pixel data of shape {pixels.shape}",
+            raise _error(path, f"{photometric} pixel data of shape {pixels.shape}",
                         "export a single-sample grayscale image")
         grey, voi, bounds = _dicom_grey(path, ds, pixels)
         if photometric == "MONOCHROME1":  # low values are displayed white
@@ -261,7 +261,7 @@ def _read_dicom(path, ds, frame: int | None) -> tuple[np.ndarray, RadiographInfo
         low, high = stored_range(bits, False)
         grey, voi, bounds = to_unit_range(pixels @ _LUMA, low, high), "stored_range", (low, high)
     else:
-        raise _fail(path, f"DICOM photometric interpretation {photometric or 'missing'!r}",
+        raise _error(path, f"DICOM photometric interpretation {photometric or 'missing'!r}",
                     "export it as MONOCHROME2 (or MONOCHROME1) grayscale")
     info = RadiographInfo("DICOM", bits, photometric, voi, (float(bounds[0]), float(bounds[1])),
                           frames)
@@ -274,7 +274,7 @@ def _dicom_dataset(path, data: bytes, force: bool):
     try:
         return pydicom.dcmread(io.BytesIO(data), force=force)
     except Exception as e:  # pydicom raises many types on a corrupt header
-        raise _fail(path, f"unreadable DICOM header ({type(e).__name__}: {e})",
+        raise _error(path, f"unreadable DICOM header ({type(e).__name__}: {e})",
                     "the file is truncated or corrupt; export it again") from e
 
 
@@ -285,24 +285,24 @@ def _read_pillow(path, data: bytes, frame: int | None) -> tuple[np.ndarray, Radi
         image = PIL.Image.open(io.BytesIO(data))
         frames = getattr(image, "n_frames", 1)
         if frames > 1 and frame is None:
-            raise _fail(path, f"multi-page {image.format} ({frames} pages)",
+            raise _error(path, f"multi-page {image.format} ({frames} pages)",
                         "save one page, or read it with frame=0 to take the first")
         if frame is not None:
             if not 0 <= frame < frames:
-                raise _fail(path, f"page {frame} requested of {frames}", f"pick 0..{frames - 1}")
+                raise _error(path, f"page {frame} requested of {frames}", f"pick 0..{frames - 1}")
             image.seek(frame)
         image.load()
     except RadiographReadError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # PIL's invalid/truncated errors
-        raise _fail(path, f"not an image Pillow or pydicom can read ({e})",
+        raise _error(path, f"not an image Pillow or pydicom can read ({e})",
                     "re-export it as PNG or DICOM; a DICOM without its 128-byte preamble needs a "
                     ".dcm suffix") from e
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES:
         values = np.asarray(image).astype(np.float64)
         if values.min() < 0 or values.max() > 65535:
-            raise _fail(path, f"{image.format} mode {mode} holds values in [{values.min():g}, "
+            raise _error(path, f"{image.format} mode {mode} holds values in [{values.min():g}, "
                         f"{values.max():g}], outside 16 bits", "save it as a 16-bit PNG")
         if values.max() < 2**12:
             logging.warning("%s: 16-bit image whose largest value is %d (< 4096): it may hold 10- "
@@ -311,7 +311,7 @@ def _read_pillow(path, data: bytes, frame: int | None) -> tuple[np.ndarray, Radi
     elif mode in _EIGHT_BIT_MODES:
         grey, bits, scale = np.asarray(image.convert("L")).astype(np.float64) / 255.0, 8, 255.0
     else:
-        raise _fail(path, f"{image.format} image of Pillow mode {mode!r}",
+        raise _error(path, f"{image.format} image of Pillow mode {mode!r}",
                     "save it as 8- or 16-bit grayscale PNG")
     info = RadiographInfo(image.format or "unknown", bits, mode, "bit_depth", (0.0, scale), frames)
     return grey.astype(np.float32), info
@@ -330,7 +330,7 @@ def read_radiograph_with_info(path, *, frame: int | None = None
     try:
         data = file.read_bytes()
     except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        raise _fail(path, f"cannot open the file ({type(e).__name__})", "check the path") from e
+        raise _error(path, f"cannot open the file ({type(e).__name__})", "check the path") from e
     if _is_dicom(data):
         return _read_dicom(path, _dicom_dataset(path, data, force=False), frame)
     if os.path.splitext(file.name)[1].lower() in _DICOM_SUFFIXES:
