@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Input pipeline (pcam_jax.data.pipeline).
     c.data = ml_collections.ConfigDict(dict(
-        dataset="synthetic",          # "synthetic" | "mura"
+        dataset="synthetic",          # "synthetic" | "mura" | "folder" (pcam_jax.data.folder)
         data_dir="",                  # TFDS data dir; "" -> ~/tensorflow_datasets (pcam_jax.data.resolve_data_dir)
         image_size=320,
         resize="stretch",             # "stretch" (MURA baseline) | "pad" (keep aspect, pad to square)
@@ -34,8 +34,11 @@ def get_config() -> ml_collections.ConfigDict:
         flip=True,                    # random horizontal flip (training only)
         rotate_degrees=30.0,          # random rotation in [-d, d] (training only)
         shuffle_buffer=2048,
-        model_selection_fraction=0.1, # MURA: patient-disjoint slice of train for model selection
-        skip_corrupt=False,           # MURA: skip unreadable images (reported) instead of failing
+        model_selection_fraction=0.1, # MURA, folder: patient-disjoint slice of train for model selection
+        skip_corrupt=False,           # MURA, folder: skip unreadable images (reported) instead of failing
+        folder_root="",               # folder: the images + CSV it was prepared from ("": not checked)
+        folder_csv="labels.csv",      # folder: the CSV inside folder_root
+        folder_test_fraction=0.2,     # folder without a split column: hashed share of test patients
         prefetch=2,
     ))
 

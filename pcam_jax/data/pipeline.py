@@ -388,7 +388,13 @@ def _builder(config, data_dir: str | None):
                 f"MURA is not prepared in {builder.data_dir!r}; run `pcam-jax prepare mura "
                 "--manual-dir DIR` first (see pcam_jax.data.mura.MANUAL_DOWNLOAD_INSTRUCTIONS).")
         return builder
-    raise ValueError(f"config.data.dataset must be 'synthetic' or 'mura', got "
+    if config.data.dataset == "folder":
+        from pcam_jax.data import folder
+        return folder.prepared_builder(
+            data_dir, root=config.data.folder_root or None, csv_name=config.data.folder_csv,
+            model_selection_fraction=config.data.model_selection_fraction,
+            test_fraction=config.data.folder_test_fraction)
+    raise ValueError(f"config.data.dataset must be 'synthetic', 'mura' or 'folder', got "
                      f"{config.data.dataset!r}.")
 
 

@@ -41,8 +41,8 @@ from pcam_jax.training import stages as stages_lib
 # asked to compute the same math (the model's *_impl choices share parameters and results),
 # and the number of epochs (extending a finished stage continues it). `train.*` and `eval.*`
 # (logging, checkpoint cadence, evaluation settings) are never compared.
-_RESUMABLE_FIELDS = ("data.data_dir", "data.prefetch", "data.eval_batch_size", "data.skip_corrupt",
-                     "model.conv_impl", "model.pool_impl")
+_RESUMABLE_FIELDS = ("data.data_dir", "data.folder_root", "data.prefetch", "data.eval_batch_size",
+                     "data.skip_corrupt", "model.conv_impl", "model.pool_impl")
 
 
 class _ExpectedOrbaxWarnings(logging.Filter):
