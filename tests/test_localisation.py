@@ -293,3 +293,11 @@ def test_bad_inputs_get_clear_errors():
         loc.localisation_metrics(maps, masks * 2, tau=0.5)
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
         loc.localisation_metrics(maps[..., None], masks[..., None], tau=0.5)
+
+
+def test_pointing_tolerance_scales_with_the_image_unless_set():
+    assert loc.pointing_tolerance(320) == 15.0          # the usual tolerance, at the size it is meant for
+    assert loc.pointing_tolerance(128) == 6.0           # 15 * 128 / 320
+    assert loc.pointing_tolerance(128, -1) == 6.0       # the config default (-1) means "scale"
+    assert loc.pointing_tolerance(128, 15) == 15.0      # set: taken as given
+    assert loc.pointing_tolerance(32, 0) == 0.0

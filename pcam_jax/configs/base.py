@@ -100,7 +100,7 @@ def get_config() -> ml_collections.ConfigDict:
     ))
 
     c.eval = ml_collections.ConfigDict(dict(
-        pointing_tolerance=15,        # pixels
+        pointing_tolerance=-1.0,      # pixels; < 0: 15 px at 320 px, scaled with the image (6 px at 128)
         score_cam_chunk=32,           # channels per batched forward in Score-CAM
         num_figure_images=6,
     ))

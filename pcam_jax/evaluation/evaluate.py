@@ -159,6 +159,7 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
         held = (_collect(runs, config, threshold_split, data_dir)
                 if threshold_split else None)
         loc, curves = {}, {}
+        tolerance = localisation.pointing_tolerance(int(config.data.image_size), config.eval.pointing_tolerance)
         for name, maps in test["maps"].items():
             if held is not None and held["masks"].any():
                 tau = localisation.choose_threshold(held["maps"][name], held["masks"])
@@ -166,7 +167,7 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
             else:
                 tau, tau_source = 0.5, "default (no held-out labelled split)"
             loc[name] = localisation.localisation_metrics(
-                maps, test["masks"], tau=tau, tolerance=float(config.eval.pointing_tolerance))
+                maps, test["masks"], tau=tau, tolerance=tolerance)
             loc[name]["n_excluded"] += test["n_empty_masks"]
             loc[name]["tau_chosen_on"] = tau_source
             precision, recall, _ = localisation.pixel_precision_recall(maps, test["masks"])

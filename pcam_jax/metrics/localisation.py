@@ -61,6 +61,19 @@ def check_maps_and_masks(maps, masks) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(maps, 0.0, 1.0), masks.astype(bool)
 
 
+REFERENCE_TOLERANCE, REFERENCE_SIZE = 15.0, 320  # the usual pointing-game tolerance, meant for ~224-320 px
+
+
+def pointing_tolerance(image_size: int, tolerance: float | None = None) -> float:
+    """``tolerance`` pixels if given (>= 0), else 15 px scaled to the image: ``15 * size / 320``.
+
+    A fixed 15 px is 12% of a 128 px image's width and flatters every map there.
+    """
+    if tolerance is not None and float(tolerance) >= 0:
+        return float(tolerance)
+    return REFERENCE_TOLERANCE * float(image_size) / REFERENCE_SIZE
+
+
 def pointing_game(maps, masks, tolerance: float = 15) -> np.ndarray:
     """Per-image hit (N,) bool: the arg-max pixel lies in the mask dilated by a disk of radius `tolerance`."""
     maps, masks = check_maps_and_masks(maps, masks)
