@@ -166,7 +166,7 @@ def positive_cam(features: Array, weights: Array, targets: Array, logit_differen
 
 
 def attention_map(features: Array, weights: Array, image_hw: tuple[int, int],
-                  logit_difference: bool = False) -> Array:
+                  logit_difference: bool = False, targets: Array | None = None) -> Array:
     """Stage 2's attention ``A``: the abnormal class's positive CAM at image size, in [0, 1].
 
     ``P = sum_k relu(W[k, abnormal]) * h_k`` (or with ``W[:, 1] - W[:, 0]`` when
@@ -179,10 +179,12 @@ def attention_map(features: Array, weights: Array, image_hw: tuple[int, int],
       features: (B, h, w, K) encoder output.
       weights: (K, C) dense kernel of the head (`pcam_jax.models.head_kernel`).
       image_hw: (H, W) of the images.
+      targets: (B,) class per image whose map to take; None: the abnormal class for all.
     Returns:
       (B, H, W) float32.
     """
-    targets = jnp.full((features.shape[0],), ABNORMAL, jnp.int32)
+    if targets is None:
+        targets = jnp.full((features.shape[0],), ABNORMAL, jnp.int32)
     cam_ = positive_cam(features, weights, targets, logit_difference=logit_difference)
     return normalize(upsample(cam_, int(image_hw[0]), int(image_hw[1])))
 

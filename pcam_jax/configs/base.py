@@ -78,6 +78,8 @@ def get_config() -> ml_collections.ConfigDict:
         sigma=0.5,
         mask_mode="keep",             # "keep": classify I*T(A) (paper) | "erase": GAIN, I - I*T(A)
         abnormal_only=True,           # L2 on abnormal images only
+        attention_class="abnormal",   # "abnormal": every image masked by the abnormal map | "label": its own class's
+        masked_batch_norm="running",  # masked pass normalised by the running BN statistics | "batch": its own batch's
         confidence="ema",             # "ema" of training accuracy | "validation" accuracy
         accuracy_ema=0.98,
         init_from="scratch",          # "scratch" (paper) | "stage1"

@@ -32,6 +32,8 @@ from pcam_jax.training import losses, stages as stages_lib
 from pcam_jax.training.state import make_optimizer, update_accuracy_ema
 
 CONFIDENCE_SOURCES = ("ema", "validation")
+ATTENTION_CLASSES = ("abnormal", "label")   # config.stage2.attention_class
+MASKED_BATCH_NORM = ("running", "batch")    # config.stage2.masked_batch_norm
 LESION_LOSSES = ("mse", "balanced_mse")
 
 TrainStep = Callable[..., tuple[dict, dict]]
@@ -41,10 +43,13 @@ def _variables(params: dict, batch_stats: dict) -> dict:
     return {"params": params, "batch_stats": batch_stats}
 
 
-def attention_and_mask(features: jax.Array, params: dict, image_hw: tuple[int, int], stage2_config: Any):
-    """``(A, T(A))`` for a batch of features, with the head kernel of ``params``: (B, H, W) each."""
+def attention_and_mask(features: jax.Array, params: dict, image_hw: tuple[int, int], stage2_config: Any,
+                       targets: jax.Array | None = None):
+    """``(A, T(A))`` for a batch of features, with the head kernel of ``params``: (B, H, W) each.
+
+    ``targets``: the class whose map each image gets (None: abnormal for all)."""
     attention = maps.attention_map(features, head_kernel(params), image_hw,
-                                   logit_difference=bool(stage2_config.logit_difference))
+                                   logit_difference=bool(stage2_config.logit_difference), targets=targets)
     return attention, losses.soft_mask(attention, float(stage2_config.omega), float(stage2_config.sigma))
 
 
@@ -54,6 +59,12 @@ def check_config(config: Any) -> None:
     losses.check_mask_mode(s2.mask_mode)
     if s2.confidence not in CONFIDENCE_SOURCES:
         raise ValueError(f"config.stage2.confidence must be one of {CONFIDENCE_SOURCES}, got {s2.confidence!r}")
+    if s2.get("attention_class", "abnormal") not in ATTENTION_CLASSES:
+        raise ValueError(f"config.stage2.attention_class must be one of {ATTENTION_CLASSES}, "
+                         f"got {s2.attention_class!r}")
+    if s2.get("masked_batch_norm", "running") not in MASKED_BATCH_NORM:
+        raise ValueError(f"config.stage2.masked_batch_norm must be one of {MASKED_BATCH_NORM}, "
+                         f"got {s2.masked_batch_norm!r}")
     if not 0.0 <= float(s2.accuracy_ema) < 1.0:
         raise ValueError(f"config.stage2.accuracy_ema is a decay in [0, 1), got {s2.accuracy_ema!r}")
     lesion_loss = config.stage3.get("lesion_loss", "mse")
@@ -77,6 +88,8 @@ def make_loss_fn(stage: int | stages_lib.Stage, config: Any, model: PCAMNet) -> 
     mask_mode, abnormal_only = str(s2.mask_mode), bool(s2.abnormal_only)
     l3_weight = float(config.stage3.l3_weight) if stage.uses("l3") else 0.0
     balanced_l3 = config.stage3.get("lesion_loss", "mse") == "balanced_mse"
+    own_class_maps = s2.get("attention_class", "abnormal") == "label"
+    masked_batch_stats = s2.get("masked_batch_norm", "running") == "batch"
 
     def loss_fn(params, state, batch, labelled_batch=None):
         images, labels, valid = batch["image"], batch["label"], batch["valid"]
@@ -94,10 +107,17 @@ def make_loss_fn(stage: int | stages_lib.Stage, config: Any, model: PCAMNet) -> 
         if stage.uses("l2"):
             # The mask is a differentiable function of the features and the head kernel:
             # no stop_gradient, L2 trains the map.
-            _, mask = attention_and_mask(features, params, images.shape[1:3], s2)
+            _, mask = attention_and_mask(features, params, images.shape[1:3], s2,
+                                         targets=labels if own_class_maps else None)
             masked = losses.masked_images(images, mask, mask_mode)
-            # Masked pass with the running statistics as they stood at the start of the step.
-            masked_logits, _ = model.apply(_variables(params, state["batch_stats"]), masked, train=False)
+            if masked_batch_stats:
+                # Normalised by the masked batch's own statistics; their update is dropped
+                # (masked images are not the distribution evaluation sees).
+                (masked_logits, _), _ = model.apply(_variables(params, state["batch_stats"]), masked,
+                                                    train=True, mutable=["batch_stats"])
+            else:
+                # Masked pass with the running statistics as they stood at the start of the step.
+                masked_logits, _ = model.apply(_variables(params, state["batch_stats"]), masked, train=False)
             l2 = losses.attention_loss(masked_logits, labels, mask_mode, abnormal_only, valid)
         if stage.uses("l3"):
             # Training-mode pass (batch statistics) through encoder and decoder. Its running-average
