@@ -138,3 +138,17 @@ def test_write_report_tables_and_sections(tmp_path):
     # positive CAM: pointing game (tie), IoU, Dice; stage 3: pointing game (tie), energy, PxAP.
     assert "positive CAM and stage 3 are each best (ties included) on 3 of 6 localisation metrics." in text
     assert text.rstrip().endswith("Stage 3 wins on PxAP.")
+
+
+def test_report_says_which_box_convention_was_used(tmp_path):
+    metrics = _metrics()
+    assert "MaxBoxAccV2 and PxAP convention: not recorded." in report.write_report(tmp_path / "a.md", metrics)
+    for row in metrics["localisation"].values():
+        row["box_convention"] = "wsolevaluation"
+    text = report.write_report(tmp_path / "b.md", metrics)
+    line = next(line for line in text.splitlines() if line.startswith("MaxBoxAccV2 and PxAP follow"))
+    assert "wsolevaluation convention" in line and "published tables" in line
+    assert text.index("## Localisation") < text.index(line) < text.index("## Classification")
+    metrics["localisation"]["CAM"]["box_convention"] = "clean"
+    text = report.write_report(tmp_path / "c.md", metrics)
+    assert "conventions differ by method: CAM clean, positive CAM wsolevaluation" in text

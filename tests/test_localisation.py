@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from pcam_jax.metrics import boxes as bx
 from pcam_jax.metrics import localisation as loc
 
 
@@ -48,9 +49,10 @@ def _slow_pxap(maps, masks, thresholds):
     return ap
 
 
-def _flood_fill_boxes(binary):
-    """Boxes (y0, x0, y1, x1) of 8-connected components by an explicit stack flood fill."""
+def _flood_fill_boxes(binary, connectivity=8):
+    """Boxes (y0, x0, y1, x1) of 8- (or 4-) connected components by an explicit stack flood fill."""
     h, w = binary.shape
+    steps = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if connectivity == 8 or abs(dy) + abs(dx) == 1]
     seen = np.zeros_like(binary, dtype=bool)
     boxes = []
     for y in range(h):
@@ -61,12 +63,11 @@ def _flood_fill_boxes(binary):
                 while stack:
                     cy, cx = stack.pop()
                     box = [min(box[0], cy), min(box[1], cx), max(box[2], cy), max(box[3], cx)]
-                    for dy in (-1, 0, 1):
-                        for dx in (-1, 0, 1):
-                            ny, nx = cy + dy, cx + dx
-                            if 0 <= ny < h and 0 <= nx < w and binary[ny, nx] and not seen[ny, nx]:
-                                seen[ny, nx] = True
-                                stack.append((ny, nx))
+                    for dy, dx in steps:
+                        ny, nx = cy + dy, cx + dx
+                        if 0 <= ny < h and 0 <= nx < w and binary[ny, nx] and not seen[ny, nx]:
+                            seen[ny, nx] = True
+                            stack.append((ny, nx))
                 boxes.append(box)
     return boxes
 
@@ -79,13 +80,29 @@ def _slow_iou(a, b):
     return inter / (area(a) + area(b) - inter)
 
 
-def _slow_max_box_accuracy(maps, masks, thresholds, iou_thresholds=(0.3, 0.5, 0.7)):
+def _slow_wsolevaluation_boxes(image, t):
+    """wsolevaluation's boxes for one map and threshold, pixel by pixel (rules in boxes.py)."""
+    h, w = image.shape
+    scoremap_u8 = [[int(image[y, x] * 255) for x in range(w)] for y in range(h)]
+    cut = int(t * max(max(row) for row in scoremap_u8))
+    binary = np.array([[scoremap_u8[y][x] > cut for x in range(w)] for y in range(h)])
+    if not binary.any():
+        return [[0, 0, 0, 0]]
+    boxes = [[y0, x0, min(y1 + 1, h - 1), min(x1 + 1, w - 1)] for y0, x0, y1, x1 in _flood_fill_boxes(binary)]
+    for y0, x0, y1, x1 in _flood_fill_boxes(~binary, connectivity=4):
+        if y0 > 0 and x0 > 0 and y1 < h - 1 and x1 < w - 1:  # a hole: background not reaching the border
+            boxes.append([y0 - 1, x0 - 1, min(y1 + 2, h - 1), min(x1 + 2, w - 1)])
+    return boxes
+
+
+def _slow_max_box_accuracy(maps, masks, thresholds, iou_thresholds=(0.3, 0.5, 0.7), convention="clean"):
     correct = np.zeros((len(iou_thresholds), len(thresholds)))
     for image, mask in zip(maps, masks):
         gt_boxes = _flood_fill_boxes(mask.astype(bool))
         for j, t in enumerate(thresholds):
             best = 0.0
-            for box in _flood_fill_boxes(image >= t):
+            proposed = _flood_fill_boxes(image >= t) if convention == "clean" else _slow_wsolevaluation_boxes(image, t)
+            for box in proposed:
                 for gt in gt_boxes:
                     best = max(best, _slow_iou(box, gt))
             for d, delta in enumerate(iou_thresholds):
@@ -188,14 +205,14 @@ def _box_hand_case():
 
 def test_max_box_accuracy_hand_case():
     maps, masks = _box_hand_case()
-    best = loc.best_box_iou(maps, masks, thresholds=[0.25, 0.75])
+    best = loc.best_box_iou(maps, masks, thresholds=[0.25, 0.75], convention="clean")
     np.testing.assert_allclose(best, [[2 / 3, 2 / 3], [0.36, 1.0]])
     # delta 0.3: both images correct at either t -> 1.
     # delta 0.5: t=0.25 image 0 only (1/2), t=0.75 both -> 1.
     # delta 0.7: t=0.25 none, t=0.75 image 1 only -> 1/2.   V2 = (1 + 1 + 0.5) / 3.
-    accuracy = loc.max_box_accuracy(maps, masks, thresholds=[0.25, 0.75])
+    accuracy = loc.max_box_accuracy(maps, masks, thresholds=[0.25, 0.75], convention="clean")
     np.testing.assert_allclose(accuracy, [1.0, 1.0, 0.5])
-    metrics = loc.localisation_metrics(maps, masks, tau=0.5, thresholds=[0.25, 0.75])
+    metrics = loc.localisation_metrics(maps, masks, tau=0.5, thresholds=[0.25, 0.75], convention="clean")
     assert metrics["maxboxacc_v2"] == pytest.approx(2.5 / 3)
     assert metrics["maxboxacc_iou70"] == pytest.approx(0.5)
 
@@ -204,7 +221,7 @@ def test_components_are_eight_connected():
     binary = np.zeros((1, 5, 5), bool)
     binary[0, 0, 0] = binary[0, 1, 1] = True  # diagonal neighbours: one component
     binary[0, 4, 4] = True
-    plane, boxes = loc._component_boxes(binary)
+    plane, boxes = bx.component_boxes(binary)
     assert sorted(map(tuple, boxes.tolist())) == [(0, 0, 1, 1), (4, 4, 4, 4)]
     np.testing.assert_array_equal(plane, [[0], [0]])
 
@@ -244,11 +261,14 @@ def test_pxap_matches_threshold_loop(seed):
 def test_max_box_accuracy_matches_flood_fill(seed, monkeypatch):
     maps, masks = _random_maps_and_masks(seed, n=5, size=10, blobs=3)
     thresholds = [0.0, 0.3, 0.55, 0.8, 1.0]
-    expected = _slow_max_box_accuracy(maps, masks, thresholds)
-    np.testing.assert_allclose(loc.max_box_accuracy(maps, masks, thresholds), expected)
-    # Chunking the label volume (images per scipy call) must not change the answer.
-    monkeypatch.setattr(loc, "_LABEL_CHUNK_VOXELS", 2 * 100 * len(thresholds))
-    np.testing.assert_allclose(loc.max_box_accuracy(maps, masks, thresholds), expected)
+    for convention in ("clean", "wsolevaluation"):
+        expected = _slow_max_box_accuracy(maps, masks, thresholds, convention=convention)
+        np.testing.assert_allclose(loc.max_box_accuracy(maps, masks, thresholds, convention=convention), expected)
+        # Chunking the label volume (images per scipy call) must not change the answer.
+        with monkeypatch.context() as patch:
+            patch.setattr(loc, "_LABEL_CHUNK_VOXELS", 2 * 100 * len(thresholds))
+            np.testing.assert_allclose(loc.max_box_accuracy(maps, masks, thresholds, convention=convention),
+                                       expected)
 
 
 def test_choose_threshold_matches_loop_and_ignores_empty_masks():
@@ -301,3 +321,155 @@ def test_pointing_tolerance_scales_with_the_image_unless_set():
     assert loc.pointing_tolerance(128, -1) == 6.0       # the config default (-1) means "scale"
     assert loc.pointing_tolerance(128, 15) == 15.0      # set: taken as given
     assert loc.pointing_tolerance(32, 0) == 0.0
+
+
+# ----------------------------------------------------------------------------- the two conventions
+
+def test_perfect_box_scores_100_100_0_under_wsolevaluation():
+    # Map and mask: the same 4x5 block, rows 2-5 x cols 1-5 of a 10x10 image. Clean: the box is
+    # the block, IoU 1. wsolevaluation: boundingRect's (x + w, y + h) read as inclusive adds a
+    # row and a column, 5x6 = 30 px around the 20 px block: IoU 20/30 < 0.7.
+    maps = np.zeros((1, 10, 10))
+    masks = np.zeros((1, 10, 10), np.int64)
+    maps[0, 2:6, 1:6] = 1.0
+    masks[0, 2:6, 1:6] = 1
+    np.testing.assert_allclose(loc.best_box_iou(maps, masks, [0.5], convention="clean"), [[1.0]])
+    np.testing.assert_allclose(loc.best_box_iou(maps, masks, [0.5], convention="wsolevaluation"), [[2 / 3]])
+    np.testing.assert_allclose(loc.max_box_accuracy(maps, masks, convention="clean"), [1, 1, 1])
+    np.testing.assert_allclose(loc.max_box_accuracy(maps, masks, convention="wsolevaluation"), [1, 1, 0])
+    # At the bottom-right corner the extra row and column are clipped away: IoU 1 again.
+    corner_maps, corner_masks = np.zeros((1, 10, 10)), np.zeros((1, 10, 10), np.int64)
+    corner_maps[0, 6:, 5:] = 1.0
+    corner_masks[0, 6:, 5:] = 1
+    np.testing.assert_allclose(
+        loc.best_box_iou(corner_maps, corner_masks, [0.5], convention="wsolevaluation"), [[1.0]])
+
+
+def test_a_hole_proposes_its_own_box_under_wsolevaluation():
+    # A ring: foreground rows 1-8 x cols 1-8 of a 10x10 image with a 4x4 hole at rows 3-6 x
+    # cols 3-6. Ground truth: rows 2-7 x cols 2-7 (36 px).
+    #   clean: one box, the ring's extent (1, 1, 8, 8), 64 px: IoU 36/64 = 0.5625.
+    #   wsolevaluation: outer box (1, 1, 9, 9), 81 px: 36/81; the hole's border runs over rows
+    #   and cols 2-7, its box (2, 2, 8, 8), 49 px: 36/49 = 0.735, the best.
+    maps = np.zeros((1, 10, 10))
+    maps[0, 1:9, 1:9] = 1.0
+    maps[0, 3:7, 3:7] = 0.0
+    masks = np.zeros((1, 10, 10), np.int64)
+    masks[0, 2:8, 2:8] = 1
+    np.testing.assert_allclose(loc.best_box_iou(maps, masks, [0.5], convention="clean"), [[36 / 64]])
+    np.testing.assert_allclose(loc.best_box_iou(maps, masks, [0.5], convention="wsolevaluation"), [[36 / 49]])
+    np.testing.assert_allclose(loc.max_box_accuracy(maps, masks, [0.5], convention="clean"), [1, 1, 0])
+    np.testing.assert_allclose(loc.max_box_accuracy(maps, masks, [0.5], convention="wsolevaluation"), [1, 1, 1])
+    plane, boxes = bx.candidate_boxes(maps[:, None] >= 0.5, "wsolevaluation")
+    assert sorted(map(tuple, boxes.tolist())) == [(1, 1, 9, 9), (2, 2, 8, 8)]
+
+
+def test_holes_are_4_connected_background_off_the_border():
+    binary = np.zeros((9, 9), bool)
+    binary[0:5, 0:5] = True
+    binary[1:4, 1:4] = False   # hole A, rows/cols 1-3 ...
+    binary[2, 2] = True        # ... with an island in it (whose own 4 neighbours are background)
+    binary[5:8, 5:8] = True
+    binary[6, 6] = False       # hole B: one pixel
+    binary[4, 4] = False       # touches only diagonally: (4, 4) is 4-connected to (4, 5), outside
+    _, holes = bx.hole_extents(binary[None])
+    # Hole A is the 3x3 square minus the island; (4, 4) reaches the border through (4, 5)..(4, 8).
+    assert sorted(map(tuple, holes.tolist())) == [(1, 1, 3, 3), (6, 6, 6, 6)]
+    # A background pixel cut off by diagonal foreground only is a hole (background is 4-connected).
+    diagonal = np.zeros((5, 5), bool)
+    diagonal[1, 2] = diagonal[2, 1] = diagonal[2, 3] = diagonal[3, 2] = True
+    _, holes = bx.hole_extents(diagonal[None])
+    assert holes.tolist() == [[2, 2, 2, 2]]
+
+
+def test_euler_number_is_components_minus_holes():
+    # The bit-quad count decides which planes get their background labelled: it must agree with
+    # flood fills (8-connected foreground, 4-connected holes) on noisy planes full of both.
+    rng = np.random.default_rng(3)
+    planes = rng.random((2, 20, 9, 9)) < rng.uniform(0.2, 0.8, (2, 20, 1, 1))
+    expected = np.zeros(planes.shape[:2], np.int64)
+    for i, j in np.ndindex(*planes.shape[:2]):
+        holes = [box for box in _flood_fill_boxes(~planes[i, j], connectivity=4)
+                 if box[0] > 0 and box[1] > 0 and box[2] < 8 and box[3] < 8]
+        expected[i, j] = len(_flood_fill_boxes(planes[i, j])) - len(holes)
+    np.testing.assert_array_equal(bx.euler_number(planes), expected)
+    assert (expected < 0).any() and (expected > 1).any()  # the planes do have holes and islands
+
+
+def test_wsolevaluation_binarises_uint8_maps_above_a_cut_relative_to_the_maximum():
+    # uint8(255 * 0.5) = 127; at t = 0.5 the cut is int(0.5 * 255) = 127 and 127 > 127 is false,
+    # while clean keeps 0.5 >= 0.5. A map whose maximum is 0.5 (uint8 127) is cut at
+    # int(0.5 * 127) = 63: 0.25 (uint8 63) is out, 0.26 (uint8 66) is in.
+    maps = np.array([[[1.0, 0.5, 0.0]], [[0.5, 0.26, 0.25]]])
+    np.testing.assert_array_equal(bx.binarise(maps, [0.5], "wsolevaluation")[:, 0, 0],
+                                  [[True, False, False], [True, True, False]])
+    np.testing.assert_array_equal(bx.binarise(maps, [0.5], "clean")[:, 0, 0],
+                                  [[True, True, False], [True, False, False]])
+
+
+def test_an_empty_threshold_is_the_box_at_pixel_0_0_under_wsolevaluation():
+    # All-zero map: nothing is foreground at any threshold. wsolevaluation's box (0, 0, 0, 0) is
+    # one pixel inside the 2x2 ground truth at the corner: IoU 1/4. Clean proposes no box: 0.
+    maps = np.zeros((1, 8, 8))
+    masks = np.zeros((1, 8, 8), np.int64)
+    masks[0, 0:2, 0:2] = 1
+    np.testing.assert_allclose(loc.best_box_iou(maps, masks, [0.0, 0.5], convention="wsolevaluation"),
+                               [[0.25, 0.25]])
+    np.testing.assert_allclose(loc.best_box_iou(maps, masks, [0.5], convention="clean"), [[0.0]])
+
+
+def test_pxap_with_a_grid_not_starting_at_0():
+    # The pixels of test_pxap_hand_case, grid {0.5}: lesion scores 1, 1, 0.6, 0.2; 0.8 twice outside.
+    #   clean (recall over all 4 lesion pixels): t=1: P 1, R 1/2; t=0.5: P 3/5, R 3/4
+    #       AP = 1/2 + 3/5 * 1/4 = 0.65.
+    #   wsolevaluation (the 0.2 pixel and every 0 pixel fall below the first bin, uncounted):
+    #       t=1: P 1, R 2/3; t=0.5: P 3/5, R 1  ->  AP = 2/3 + 3/5 * 1/3 = 13/15.
+    maps = np.zeros((1, 8, 8))
+    masks = np.zeros((1, 8, 8), np.int64)
+    masks[0, 0, 0:4] = 1
+    maps[0, 0, 0:4] = [1.0, 1.0, 0.6, 0.2]
+    maps[0, 5, 5] = maps[0, 6, 6] = 0.8
+    assert loc.pxap(maps, masks, [0.5], convention="clean") == pytest.approx(0.65)
+    assert loc.pxap(maps, masks, [0.5], convention="wsolevaluation") == pytest.approx(13 / 15)
+    precision, recall, _ = loc.pixel_precision_recall(maps, masks, [0.5], convention="wsolevaluation")
+    np.testing.assert_allclose(recall, [2 / 3, 1.0])
+    np.testing.assert_allclose(precision, [1.0, 0.6])
+    # From 0 the two agree (the test above: 0.665625).
+    for convention in loc.CONVENTIONS:
+        assert loc.pxap(maps, masks, [0.0, 0.5], convention=convention) == pytest.approx(0.665625)
+    # No lesion pixel at or above the grid: undefined there, a clear error.
+    with pytest.raises(ValueError, match="lowest threshold"):
+        loc.pxap(np.where(masks == 1, 0.1, maps), masks, [0.5], convention="wsolevaluation")
+
+
+def test_localisation_metrics_records_its_convention():
+    maps, masks = _box_hand_case()
+    default = loc.localisation_metrics(maps, masks, tau=0.5, thresholds=[0.25, 0.75])
+    assert default["box_convention"] == "wsolevaluation"
+    clean = loc.localisation_metrics(maps, masks, tau=0.5, thresholds=[0.25, 0.75], convention="clean")
+    assert clean["box_convention"] == "clean"
+    wsol = loc.max_box_accuracy(maps, masks, [0.25, 0.75], convention="wsolevaluation")
+    assert default["maxboxacc_v2"] == pytest.approx(wsol.mean())
+    assert loc.localisation_metrics(maps, np.zeros_like(masks), tau=0.5)["box_convention"] == "wsolevaluation"
+    with pytest.raises(ValueError, match="convention must be one of"):
+        loc.localisation_metrics(maps, masks, tau=0.5, convention="opencv")
+
+
+def test_wsolevaluation_boxes_equal_opencv_where_it_is_installed():
+    """OpenCV is not a dependency; where it is installed, its contours are the reference."""
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(7)
+    maps = np.concatenate([rng.random((4, 16, 16)), np.round(rng.random((4, 16, 16)) * 6) / 6])
+    masks = np.stack([_random_maps_and_masks(s, n=1, size=16)[1][0] for s in range(8)])
+    thresholds = np.arange(0, 1, 0.05)
+    expected = np.zeros((len(maps), len(thresholds)))
+    for i, (image, mask) in enumerate(zip(maps, masks)):
+        _, gt = bx.component_boxes(mask.astype(bool))
+        scoremap_u8 = (image * 255).astype(np.uint8)
+        for j, t in enumerate(thresholds):
+            _, binary = cv2.threshold(scoremap_u8, int(t * scoremap_u8.max()), 255, cv2.THRESH_BINARY)
+            contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+            rects = [cv2.boundingRect(c) for c in contours] or [(0, 0, 0, 0)]
+            proposed = np.array([[y, x, min(y + h, 15), min(x + w, 15)] for x, y, w, h in rects])
+            expected[i, j] = bx.box_iou(proposed[:, None], gt[None]).max()
+    np.testing.assert_array_equal(loc.best_box_iou(maps, masks, thresholds, convention="wsolevaluation"), expected)

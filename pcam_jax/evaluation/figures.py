@@ -139,3 +139,47 @@ def confusion_matrix_figure(labels, predictions, class_names: Sequence[str] = ("
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=10)
     return fig
+
+
+def cascade_figure(images, maps, step_names: Sequence[str], *, method: str = "", scores=None,
+                   alpha: float = 0.5, cmap: str = DEFAULT_CMAP, panel_size: float = 1.8) -> Figure:
+    """Cascading randomisation of one method (`pcam_jax.sanity.cascading_randomisation`).
+
+    Rows are images; columns are the image, then the method's map after each step (the trained
+    model first, then cumulatively more layers re-initialised from the top), on one 0..1 scale.
+
+    Args:
+      images: (N, H, W) or (N, H, W, C) in [0, 1].
+      maps: (S + 1, N, H, W) in [0, 1], e.g. ``result["maps"][method]``.
+      step_names: S + 1 column titles, e.g. ``result["steps"]``.
+      method: named in the figure's title.
+      scores: optional (S + 1, N) similarity to the trained model's map (e.g. SSIM), printed
+        under each map panel.
+    """
+    images = np.asarray(images)
+    maps = np.asarray(maps)
+    if maps.ndim != 4 or maps.shape[1] != images.shape[0] or maps.shape[2:] != images.shape[1:3]:
+        raise ValueError(f"maps must be (steps, N, H, W) for images {images.shape}; got {maps.shape}.")
+    if len(step_names) != maps.shape[0]:
+        raise ValueError(f"got {len(step_names)} step names for {maps.shape[0]} steps of maps.")
+    if scores is not None and np.shape(scores) != maps.shape[:2]:
+        raise ValueError(f"scores must be (steps, N) = {maps.shape[:2]}; got {np.shape(scores)}.")
+    n, columns = images.shape[0], ["image", *step_names]
+    fig = Figure(figsize=(panel_size * len(columns) + 1.0, panel_size * n + 0.6), layout="constrained")
+    axes = fig.subplots(n, len(columns), squeeze=False)
+    for row in range(n):
+        panels = [image_rgb(images[row])] + [blend(images[row], m[row], alpha, cmap) for m in maps]
+        for col, (ax, panel) in enumerate(zip(axes[row], panels)):
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(columns[col], fontsize=9)
+            if scores is not None and col >= 1:
+                ax.set_xlabel(f"{float(np.asarray(scores)[col - 1, row]):.2f}", fontsize=8)
+    fig.suptitle(f"Cascading randomisation{': ' + method if method else ''} (left to right: more layers "
+                 "re-initialised)" + (", similarity to the trained model's map below" if scores is not None else ""),
+                 fontsize=10)
+    colorbar = fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), ax=axes[:, 1:], shrink=0.8, pad=0.01)
+    colorbar.set_label("map value (min-max normalised per image)")
+    return fig

@@ -171,6 +171,25 @@ def _figure_notes(figures: Mapping[str, str], localisation: Mapping[str, Any]) -
     return notes
 
 
+def _convention_line(localisation: Mapping[str, Mapping[str, Any]]) -> str:
+    """Which box/PxAP convention (`localisation.localisation_metrics`) the numbers follow."""
+    used = {m: r.get("box_convention") for m, r in localisation.items()}
+    described = {
+        "wsolevaluation": "the wsolevaluation convention (boxes of every contour, holes included, "
+                          "as its OpenCV code draws them), comparable with published tables",
+        "clean": "the clean convention (exact component extents, no hole boxes), not directly "
+                 "comparable with published tables",
+    }
+    known = set(used.values())
+    if known == {None}:
+        return "MaxBoxAccV2 and PxAP convention: not recorded."
+    if len(known) == 1:
+        (convention,) = known
+        return f"MaxBoxAccV2 and PxAP follow {described.get(convention, repr(convention))}."
+    return "MaxBoxAccV2 and PxAP conventions differ by method: " + ", ".join(
+        f"{m} {c or 'not recorded'}" for m, c in used.items()) + "."
+
+
 def write_report(path, metrics: Mapping[str, Any], notes: str = "") -> str:
     """Writes the Markdown report to `path` (parents created) and returns its text."""
     localisation = metrics.get("localisation") or {}
@@ -193,6 +212,7 @@ def write_report(path, metrics: Mapping[str, Any], notes: str = "") -> str:
             "IoU and Dice threshold the map at tau, chosen per method on the held-out labelled split; "
             f"pointing-game tolerance {_format_value(first.get('tolerance'), 0)} px; PxAP and MaxBoxAccV2 "
             "(mean over box IoU 0.3/0.5/0.7) sweep all thresholds (Choe et al., CVPR 2020).")
+        parts.append(_convention_line(localisation))
         parts.append("")
 
     if classification:

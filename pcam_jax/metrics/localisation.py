@@ -15,14 +15,24 @@ Metrics, each a share in [0, 1] (wsolevaluation reports percentages; we do not):
   sum_i precision_i * (recall_i - recall_{i-1}) over thresholds in decreasing order, from
   recall 0.
 - MaxBoxAccV2 (wsolevaluation `BoxEvaluator` with multi_contour_eval): for each threshold t,
-  a box around every 8-connected component of `map >= t`; an image is correct at (t, delta)
-  when its best box (highest IoU with any ground-truth box) has IoU >= delta; ground-truth
-  boxes are the boxes of the mask's 8-connected components. MaxBoxAcc(delta) is the max over
-  t of the share of correct images; V2 is its mean over delta in {0.3, 0.5, 0.7}.
-  Deviations from wsolevaluation, all sub-pixel: boxes are the exact inclusive extents of the
-  components (cv2.boundingRect boxes there reach one pixel past the component), thresholds
-  are applied to float maps with `>=` (there: uint8 maps with `>`), and a threshold with no
-  foreground pixel gives no box (there: a box at pixel (0, 0)). IoU counts pixels, inclusive.
+  the boxes a thresholded map proposes (`boxes.candidate_boxes`); an image is correct at
+  (t, delta) when its best box (highest IoU with any ground-truth box) has IoU >= delta;
+  ground-truth boxes are the inclusive boxes of the mask's 8-connected components.
+  MaxBoxAcc(delta) is the max over t of the share of correct images; V2 is its mean over
+  delta in {0.3, 0.5, 0.7}.
+
+Two conventions (`convention=`), both with inclusive (+1) pixel counting in the box IoU:
+- "wsolevaluation" (default; the numbers of published tables): wsolevaluation's boxes exactly,
+  i.e. uint8 maps thresholded with `>` relative to their maximum, a box for every contour
+  including the holes of a component, boxes one pixel past the component at the bottom and
+  right (cv2.boundingRect used as inclusive), a one-pixel box at (0, 0) when nothing is
+  foreground (`boxes` describes each step). PxAP drops the pixels scoring below the grid's
+  lowest threshold (np.histogram ignores them there), so recall reaches 1 at that threshold.
+  A perfect box prediction scores IoU < 1 here (a 4x5 box: 20/30), hence 100/100/0.
+- "clean": `map >= t` on the float map, exact inclusive component extents, no hole boxes, no
+  box for an empty threshold; PxAP's recall counts every lesion pixel, so a grid that does
+  not start at 0 leaves recall below 1.
+On the default grid, arange(0, 1, 0.01), both conventions give the same PxAP.
 
 Images whose mask is empty (normal images) are excluded by `localisation_metrics` and counted.
 Thresholds (`tau`) must be chosen on the held-out labelled split with `choose_threshold`,
@@ -32,10 +42,14 @@ never on the test split.
 from __future__ import annotations
 
 import numpy as np
-import scipy.ndimage
 
-# wsolevaluation's threshold grid is arange(0, 1, cam_curve_interval); 0.01 keeps MaxBoxAcc fast.
-DEFAULT_THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 6)
+from pcam_jax.metrics import boxes
+from pcam_jax.metrics.boxes import CONVENTIONS, box_iou, check_convention  # noqa: F401  (re-exported)
+
+# wsolevaluation's threshold grid, arange(0, 1, cam_curve_interval), unrounded: its uint8
+# cut-offs int(t * max) depend on the last bit of t. 0.01 keeps MaxBoxAcc fast.
+DEFAULT_THRESHOLDS = np.arange(0.0, 1.0, 0.01)
+DEFAULT_CONVENTION = "wsolevaluation"
 DEFAULT_TAUS = np.round(np.arange(0.05, 1.0, 0.05), 6)
 IOU_THRESHOLDS = (0.3, 0.5, 0.7)
 # Voxels labelled in one scipy call by `max_box_accuracy` (images x thresholds x H x W).
@@ -125,19 +139,32 @@ def choose_threshold(maps, masks, metric: str = "iou", taus=DEFAULT_TAUS) -> flo
     return float(taus[int(np.argmax(scores))])
 
 
-def pixel_precision_recall(maps, masks, thresholds=DEFAULT_THRESHOLDS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pixel_precision_recall(maps, masks, thresholds=DEFAULT_THRESHOLDS, *,
+                           convention: str = DEFAULT_CONVENTION) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pooled pixel precision-recall of `score >= t`, thresholds in decreasing order.
+
+    convention="wsolevaluation" scores only the pixels >= the lowest threshold (recall 1
+    there); "clean" scores every pixel. The two agree when the grid starts at 0.
 
     Returns:
       (precision, recall, thresholds), each (T,), thresholds = the grid with 1.0 added, sorted
       decreasing (recall increasing). Precision is NaN where no pixel is predicted.
     """
+    check_convention(convention)
     maps, masks = check_maps_and_masks(maps, masks)
     thresholds = np.unique(np.append(np.asarray(thresholds, dtype=np.float64).ravel(), 1.0))[::-1]
     positive_scores = np.sort(maps[masks])
     negative_scores = np.sort(maps[~masks])
     if positive_scores.size == 0:
         raise ValueError("No lesion pixel in the masks: precision-recall is undefined.")
+    if convention == "wsolevaluation":
+        # Its histogram's first bin starts at the lowest threshold: lower scores are not counted.
+        positive_scores = positive_scores[np.searchsorted(positive_scores, thresholds[-1], side="left"):]
+        negative_scores = negative_scores[np.searchsorted(negative_scores, thresholds[-1], side="left"):]
+        if positive_scores.size == 0:
+            raise ValueError(
+                f"No lesion pixel scores >= the lowest threshold {thresholds[-1]:.4g}: the wsolevaluation "
+                "PxAP is undefined; start the threshold grid lower (at 0).")
     tp = positive_scores.size - np.searchsorted(positive_scores, thresholds, side="left")
     fp = negative_scores.size - np.searchsorted(negative_scores, thresholds, side="left")
     predicted = tp + fp
@@ -153,52 +180,23 @@ def average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
     return float(np.sum(np.nan_to_num(precision, nan=0.0) * delta_recall))
 
 
-def pxap(maps, masks, thresholds=DEFAULT_THRESHOLDS) -> float:
+def pxap(maps, masks, thresholds=DEFAULT_THRESHOLDS, *, convention: str = DEFAULT_CONVENTION) -> float:
     """PxAP: area under the pooled pixel precision-recall curve (Choe et al., CVPR 2020)."""
-    precision, recall, _ = pixel_precision_recall(maps, masks, thresholds)
+    precision, recall, _ = pixel_precision_recall(maps, masks, thresholds, convention=convention)
     return average_precision(precision, recall)
 
 
-def _component_boxes(binary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes of the 8-connected components of each 2-D plane of `binary` (..., H, W).
+def best_box_iou(maps, masks, thresholds=DEFAULT_THRESHOLDS, *, convention: str = DEFAULT_CONVENTION) -> np.ndarray:
+    """(N, T): per image and threshold, the highest IoU of any proposed box with any mask box.
 
-    Returns (plane index (K, binary.ndim - 2) int, boxes (K, 4) int as y0, x0, y1, x1 inclusive).
+    0 where the mask has no component, or (convention "clean") the thresholded map is empty.
     """
-    lead = binary.ndim - 2
-    structure = np.zeros((3,) * binary.ndim, dtype=bool)
-    structure[(1,) * lead] = True  # connect within a plane only, 8-connected
-    labels, _ = scipy.ndimage.label(binary, structure=structure)
-    slices = scipy.ndimage.find_objects(labels)
-    if not slices:
-        return np.zeros((0, lead), np.int64), np.zeros((0, 4), np.int64)
-    extents = np.array([[(s.start, s.stop) for s in objects] for objects in slices])  # (K, ndim, 2)
-    plane = extents[:, :lead, 0]
-    boxes = np.stack([extents[:, -2, 0], extents[:, -1, 0], extents[:, -2, 1] - 1, extents[:, -1, 1] - 1], axis=1)
-    return plane, boxes
-
-
-def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """IoU of inclusive pixel boxes (y0, x0, y1, x1), broadcasting over leading axes (..., 4)."""
-    y0 = np.maximum(boxes_a[..., 0], boxes_b[..., 0])
-    x0 = np.maximum(boxes_a[..., 1], boxes_b[..., 1])
-    y1 = np.minimum(boxes_a[..., 2], boxes_b[..., 2])
-    x1 = np.minimum(boxes_a[..., 3], boxes_b[..., 3])
-    intersection = np.maximum(0, y1 - y0 + 1) * np.maximum(0, x1 - x0 + 1)
-    area_a = (boxes_a[..., 2] - boxes_a[..., 0] + 1) * (boxes_a[..., 3] - boxes_a[..., 1] + 1)
-    area_b = (boxes_b[..., 2] - boxes_b[..., 0] + 1) * (boxes_b[..., 3] - boxes_b[..., 1] + 1)
-    return intersection / (area_a + area_b - intersection)
-
-
-def best_box_iou(maps, masks, thresholds=DEFAULT_THRESHOLDS) -> np.ndarray:
-    """(N, T): per image and threshold, the highest IoU of any component box with any mask box.
-
-    0 where the thresholded map is empty or the mask has no component.
-    """
+    check_convention(convention)
     maps, masks = check_maps_and_masks(maps, masks)
     thresholds = np.asarray(thresholds, dtype=np.float64).ravel()
     n, h, w = maps.shape
     # Ground-truth boxes, padded to (N, G, 4); padding boxes get IoU 0 via `gt_valid`.
-    gt_image, gt_boxes_flat = _component_boxes(masks)
+    gt_image, gt_boxes_flat = boxes.component_boxes(masks)
     gt_image = gt_image[:, 0]
     gt_count = np.bincount(gt_image, minlength=n)
     g_max = max(int(gt_count.max(initial=0)), 1)
@@ -212,20 +210,21 @@ def best_box_iou(maps, masks, thresholds=DEFAULT_THRESHOLDS) -> np.ndarray:
     chunk = max(1, _LABEL_CHUNK_VOXELS // max(1, thresholds.size * h * w))
     for start in range(0, n, chunk):  # chunks of images, bounded memory
         stop = min(n, start + chunk)
-        binary = maps[start:stop, None] >= thresholds[None, :, None, None]  # (n_chunk, T, H, W)
-        plane, boxes = _component_boxes(binary)
-        if not len(boxes):
+        binary = boxes.binarise(maps[start:stop], thresholds, convention)  # (n_chunk, T, H, W)
+        plane, proposed = boxes.candidate_boxes(binary, convention)
+        if not len(proposed):
             continue
         image = plane[:, 0] + start
-        ious = box_iou(boxes[:, None, :], gt_boxes[image])  # (K, G)
-        component_best = np.where(gt_valid[image], ious, 0.0).max(axis=1)
-        np.maximum.at(best, (image, plane[:, 1]), component_best)
+        ious = box_iou(proposed[:, None, :], gt_boxes[image])  # (K, G)
+        box_best = np.where(gt_valid[image], ious, 0.0).max(axis=1)
+        np.maximum.at(best, (image, plane[:, 1]), box_best)
     return best
 
 
-def max_box_accuracy(maps, masks, thresholds=DEFAULT_THRESHOLDS, iou_thresholds=IOU_THRESHOLDS) -> np.ndarray:
+def max_box_accuracy(maps, masks, thresholds=DEFAULT_THRESHOLDS, iou_thresholds=IOU_THRESHOLDS, *,
+                     convention: str = DEFAULT_CONVENTION) -> np.ndarray:
     """MaxBoxAcc per IoU threshold (len(iou_thresholds),): max over t of the share of correct images."""
-    best = best_box_iou(maps, masks, thresholds)  # (N, T)
+    best = best_box_iou(maps, masks, thresholds, convention=convention)  # (N, T)
     if best.shape[0] == 0:
         return np.full(len(iou_thresholds), np.nan)
     correct = best[None, :, :] >= np.asarray(iou_thresholds)[:, None, None]  # (D, N, T)
@@ -233,7 +232,7 @@ def max_box_accuracy(maps, masks, thresholds=DEFAULT_THRESHOLDS, iou_thresholds=
 
 
 def localisation_metrics(maps, masks, *, tau: float, tolerance: float = 15,
-                         thresholds=DEFAULT_THRESHOLDS) -> dict:
+                         thresholds=DEFAULT_THRESHOLDS, convention: str = DEFAULT_CONVENTION) -> dict:
     """All localisation metrics of one map method on images with non-empty masks.
 
     Args:
@@ -241,23 +240,28 @@ def localisation_metrics(maps, masks, *, tau: float, tolerance: float = 15,
       tau: IoU/Dice threshold, chosen on the held-out labelled split (`choose_threshold`).
       tolerance: pointing-game tolerance in pixels.
       thresholds: grid for PxAP and MaxBoxAccV2.
+      convention: "wsolevaluation" (comparable with published tables) or "clean", for
+        MaxBoxAccV2 and PxAP (module docstring).
 
     Returns:
       {"pointing_game", "energy_pointing_game", "iou", "dice", "pxap", "maxboxacc_v2",
        "maxboxacc_iou30", "maxboxacc_iou50", "maxboxacc_iou70": float (NaN without images),
-       "tau", "tolerance": float, "n_images": int scored, "n_excluded": int empty masks}.
+       "tau", "tolerance": float, "n_images": int scored, "n_excluded": int empty masks,
+       "box_convention": str, the convention of MaxBoxAccV2 and PxAP}.
     """
+    check_convention(convention)
     maps, masks = check_maps_and_masks(maps, masks)
     keep = masks.any(axis=(1, 2))
     maps, masks = maps[keep], masks[keep]
     result = {"tau": float(tau), "tolerance": float(tolerance), "n_images": int(keep.sum()),
-              "n_excluded": int((~keep).sum())}
+              "n_excluded": int((~keep).sum()), "box_convention": convention}
     names = ("pointing_game", "energy_pointing_game", "iou", "dice", "pxap", "maxboxacc_v2",
              "maxboxacc_iou30", "maxboxacc_iou50", "maxboxacc_iou70")
     if not keep.any():
         return {**{name: float("nan") for name in names}, **result}
     iou, dice = iou_and_dice(maps, masks, tau)
-    box_accuracy = max_box_accuracy(maps, masks, thresholds, IOU_THRESHOLDS)
+    box_accuracy = max_box_accuracy(maps, masks, thresholds, IOU_THRESHOLDS, convention=convention)
     values = (pointing_game(maps, masks, tolerance).mean(), energy_pointing_game(maps, masks).mean(),
-              iou.mean(), dice.mean(), pxap(maps, masks, thresholds), box_accuracy.mean(), *box_accuracy)
+              iou.mean(), dice.mean(), pxap(maps, masks, thresholds, convention=convention),
+              box_accuracy.mean(), *box_accuracy)
     return {**{name: float(value) for name, value in zip(names, values)}, **result}
