@@ -284,6 +284,24 @@ def test_bad_inputs_are_clear_errors():
         fa.deletion_curve(model.prob_fn, images, np.zeros((2, 4, 4)), chunk=0)
 
 
+def test_a_flax_model_enters_through_target_probability():
+    # The tiny PCAMNet, steps vmapped through its custom convolutions, against one call per step.
+    from pcam_jax.configs import get_config
+    from pcam_jax.models import create_model
+
+    model = create_model(get_config("tiny").model)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 1))
+    saliency = jax.random.uniform(jax.random.key(2), (2, 32, 32))
+    targets = jnp.array([1, 0])
+    prob_fn = fa.target_probability(lambda x: model.apply(variables, x)[0], targets)
+    got = jax.jit(lambda x, s: fa.deletion_curve(prob_fn, x, s, 0.0, num_steps=3, chunk=2))(images, saliency)
+    ranks = np.asarray(fa.pixel_ranks(saliency))[..., None]
+    deleted = np.stack([np.where(ranks < (i * 32 * 32) // 3, 0.0, np.asarray(images)) for i in range(4)])
+    want = jax.jit(jax.lax.map, static_argnums=0)(prob_fn, jnp.asarray(deleted))  # one call per step
+    np.testing.assert_allclose(got, np.asarray(want).T, rtol=1e-4, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- sharding
 
 

@@ -320,6 +320,26 @@ def test_ablation_cam_equals_a_per_channel_loop_with_and_without_a_head_fn(chunk
                                ablation_cam_loop(model, features, predicted), rtol=1e-4, atol=1e-6)
 
 
+def test_make_all_maps_fn_ablation_equals_the_closed_form_of_a_gap_dense_head():
+    # With logits = mean_hw(A) @ W + b, ablating channel k to 0 lowers the target logit y by
+    # W[k, c] mean_hw(A_k): the weight is W[k, c] mean_hw(A_k) / y.
+    model = create_model(get_config("tiny").model)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 1))
+    targets = np.array([1, 0])
+    got = maps.make_all_maps_fn(model, ("ablation_cam", "eigen_cam"), chunk=3)(variables, images, targets)
+    logits, features = (np.asarray(a, np.float64) for a in jax.jit(model.apply)(variables, images))
+    kernel = np.asarray(variables["params"]["head"]["dense"]["kernel"], np.float64)
+    assert features.min() == 0
+    want = np.zeros(features.shape[:3])
+    for b, c in enumerate(targets):
+        weights = kernel[:, c] * features[b].mean(axis=(0, 1)) / logits[b, c]
+        want[b] = np.maximum(features[b] @ weights, 0)
+    assert want.max() > 0
+    np.testing.assert_allclose(got["ablation_cam"], want, rtol=1e-3, atol=1e-5 * want.max())
+    np.testing.assert_allclose(got["eigen_cam"], eigen_cam_loop(features), rtol=1e-4, atol=1e-5)
+
+
 def test_ablation_values_follow_the_sign_of_the_features():
     features = np.zeros((2, 2, 2, 3), np.float32)
     features[0] = np.abs(np.random.default_rng(0).normal(size=(2, 2, 3)))
