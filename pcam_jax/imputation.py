@@ -27,6 +27,8 @@ tests/test_faithfulness.py uses against a dense numpy solve.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,6 +77,7 @@ def pyramid_fill(values: Array, known: Array, levels: int | None = None) -> Arra
     return jnp.where(known, values, up)
 
 
+@partial(jax.jit, static_argnames=("num_iterations",))  # nested in a jit, it is inlined
 def linear_imputation(images: Array, removed: Array, num_iterations: int = 150) -> Array:
     """Images (N, H, W, C) with the ``removed`` (N, H, W) pixels replaced by the solution of the
     neighbour-average system (module docstring), ``num_iterations`` CG iterations per image
@@ -107,6 +110,7 @@ def linear_imputation(images: Array, removed: Array, num_iterations: int = 150) 
     return keep * images + mask * x
 
 
+@partial(jax.jit, static_argnames=("num_iterations",))
 def noisy_linear_imputation(images: Array, removed: Array, key: Array, noise: float = 0.01,
                             num_iterations: int = 150) -> Array:
     """`linear_imputation` plus ``noise * N(0, 1)`` on the imputed pixels (ROAD's default 0.01)."""
