@@ -65,6 +65,23 @@ def layer_cam_loop(features, grads):
     return out
 
 
+def hires_cam_loop(features, grads):
+    out = np.zeros(features.shape[:3])
+    for b in range(features.shape[0]):
+        for k in range(features.shape[3]):
+            out[b] += grads[b, :, :, k] * features[b, :, :, k]
+    return np.maximum(out, 0)
+
+
+def xgrad_cam_loop(features, grads):
+    out = np.zeros(features.shape[:3])
+    for b in range(features.shape[0]):
+        for k in range(features.shape[3]):
+            g, a = grads[b, :, :, k], features[b, :, :, k]
+            out[b] += (g * a / (a.sum() + 1e-7)).sum() * a
+    return np.maximum(out, 0)
+
+
 def resize_loop(image, height, width, align_corners=False):
     """Separable linear interpolation with np.interp (which clamps at the ends)."""
     def coords(n_in, n_out):
@@ -106,6 +123,12 @@ class LinearModel:
 
     def grads_np(self, targets):
         return np.stack([self.gain * self.kernel[:, c] / (self.h * self.w) for c in targets])
+
+    def head_np(self, features):
+        return (features * self.gain).mean(axis=(1, 2)) @ self.kernel + self.bias
+
+    def head_fn(self, features):
+        return jnp.mean(features * self.gain, axis=(1, 2)) @ self.kernel + self.bias
 
     def apply_fn(self, images, feature_perturbation=None):
         # patches @ proj as an s x s, stride-s convolution (no reshape: fine on explicit meshes).
@@ -192,7 +215,8 @@ def test_gradient_maps_equal_numpy_loops_with_closed_form_gradients(dims):
         grads = model.grads_np(chosen)
         assert (grads > 0).any() and (grads < 0).any() and (grads == 0).any()
         for name, loop in [("grad_cam", grad_cam_loop), ("grad_cam_pp", grad_cam_pp_loop),
-                           ("layer_cam", layer_cam_loop)]:
+                           ("layer_cam", layer_cam_loop), ("hires_cam", hires_cam_loop),
+                           ("xgrad_cam", xgrad_cam_loop)]:
             got = jax.jit(getattr(maps, name), static_argnums=0)(model.apply_fn, images, targets)
             want = loop(features, grads)
             assert want.max() > 0
@@ -261,6 +285,99 @@ def test_score_cam_equals_a_per_channel_loop(chunk):
                                score_cam_loop(model, images, predicted), rtol=1e-4, atol=1e-6)
 
 
+# ----------------------------------------------------------------------------- AblationCAM, EigenCAM
+
+
+def ablation_cam_loop(model, features, targets):
+    b_, h, w, k_ = features.shape
+    out = np.zeros((b_, h, w))
+    for b in range(b_):
+        original = model.head_np(features[b:b + 1])[0, targets[b]]
+        value = 0.0 if features[b].min() == 0 else features[b].min() - 1e7
+        for k in range(k_):
+            ablated = features[b:b + 1].copy()
+            ablated[..., k] = value
+            weight = (original - model.head_np(ablated)[0, targets[b]]) / original
+            out[b] += weight * features[b, :, :, k]
+    return np.maximum(out, 0)
+
+
+@pytest.mark.parametrize("chunk", [2, 5])  # 2 pads K=5 to 6; 5 is one chunk
+def test_ablation_cam_equals_a_per_channel_loop_with_and_without_a_head_fn(chunk):
+    model = LinearModel(4, 3, 3, 5, 2, 4)
+    images = random_images(5, 3, model)
+    features = model.features_np(images)
+    assert (features == 0).any()  # ReLU features: ablation sets channels to 0
+    targets = np.array([0, 1, 1])
+    want = ablation_cam_loop(model, features, targets)
+    assert want.max() > 0
+    fn = jax.jit(maps.ablation_cam, static_argnames=("apply_fn", "chunk", "head_fn"))
+    for head_fn in (model.head_fn, None):  # head only, or a full forward per ablation
+        got = fn(model.apply_fn, images, targets, chunk=chunk, head_fn=head_fn)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * want.max())
+    predicted = np.argmax(model.logits_np(images), axis=-1)
+    np.testing.assert_allclose(fn(model.apply_fn, images, chunk=chunk, head_fn=model.head_fn),
+                               ablation_cam_loop(model, features, predicted), rtol=1e-4, atol=1e-6)
+
+
+def test_make_all_maps_fn_ablation_equals_the_closed_form_of_a_gap_dense_head():
+    # With logits = mean_hw(A) @ W + b, ablating channel k to 0 lowers the target logit y by
+    # W[k, c] mean_hw(A_k): the weight is W[k, c] mean_hw(A_k) / y.
+    model = create_model(get_config("tiny").model)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 1))
+    targets = np.array([1, 0])
+    got = maps.make_all_maps_fn(model, ("ablation_cam", "eigen_cam"), chunk=3)(variables, images, targets)
+    logits, features = (np.asarray(a, np.float64) for a in jax.jit(model.apply)(variables, images))
+    kernel = np.asarray(variables["params"]["head"]["dense"]["kernel"], np.float64)
+    assert features.min() == 0
+    want = np.zeros(features.shape[:3])
+    for b, c in enumerate(targets):
+        weights = kernel[:, c] * features[b].mean(axis=(0, 1)) / logits[b, c]
+        want[b] = np.maximum(features[b] @ weights, 0)
+    assert want.max() > 0
+    np.testing.assert_allclose(got["ablation_cam"], want, rtol=1e-3, atol=1e-5 * want.max())
+    np.testing.assert_allclose(got["eigen_cam"], eigen_cam_loop(features), rtol=1e-4, atol=1e-5)
+
+
+def test_ablation_values_follow_the_sign_of_the_features():
+    features = np.zeros((2, 2, 2, 3), np.float32)
+    features[0] = np.abs(np.random.default_rng(0).normal(size=(2, 2, 3)))
+    features[0, 0, 0, 0] = 0.0  # a ReLU map: minimum 0 -> ablate to 0
+    features[1] = np.random.default_rng(1).normal(size=(2, 2, 3))  # signed -> min - 1e7
+    np.testing.assert_allclose(maps.ablation_values(features), [0.0, features[1].min() - 1e7], rtol=1e-7)
+
+
+def eigen_cam_loop(features):
+    out = np.zeros(features.shape[:3])
+    for b in range(features.shape[0]):
+        h, w, k = features[b].shape
+        x = features[b].reshape(h * w, k).astype(np.float64)
+        x = x - x.mean(axis=0)
+        v = np.linalg.svd(x)[2][0]
+        if v.sum() < 0:
+            v = -v
+        out[b] = np.maximum((x @ v).reshape(h, w), 0)
+    return out
+
+
+def test_eigen_cam_equals_a_per_image_svd_and_points_at_the_common_pattern():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(3, 4, 5, 6)).astype(np.float32)
+    got = maps.eigen_cam_from_features(features)
+    np.testing.assert_allclose(got, eigen_cam_loop(features), rtol=1e-4, atol=1e-5)
+    # Features that fire together in a blob: the map is highest there (the sign convention).
+    blob = np.zeros((1, 6, 6, 1), np.float32)
+    blob[0, 1:3, 3:5] = 1.0
+    fired = blob * rng.uniform(0.5, 1.5, size=(1, 1, 1, 8)) + 0.05 * rng.random((1, 6, 6, 8))
+    m = np.asarray(maps.eigen_cam_from_features(fired.astype(np.float32)))[0]
+    assert m[1:3, 3:5].min() > 0 and np.all(m[blob[0, :, :, 0] == 0] == 0)
+    model = LinearModel(9, 3, 3, 4, 2, 2)
+    images = random_images(6, 2, model)
+    np.testing.assert_allclose(maps.eigen_cam(model.apply_fn, images), eigen_cam_loop(model.features_np(images)),
+                               rtol=1e-4, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -308,6 +425,10 @@ def test_all_maps_equals_the_individual_functions():
             "grad_cam_pp": maps.grad_cam_pp(model.apply_fn, x, t),
             "layer_cam": maps.layer_cam(model.apply_fn, x, t),
             "score_cam": maps.score_cam(model.apply_fn, x, t, chunk=4),
+            "hires_cam": maps.hires_cam(model.apply_fn, x, t),
+            "xgrad_cam": maps.xgrad_cam(model.apply_fn, x, t),
+            "ablation_cam": maps.ablation_cam(model.apply_fn, x, t, chunk=4),
+            "eigen_cam": maps.eigen_cam(model.apply_fn, x, t),
         })(images, targets, chosen)
         for name, want in individual.items():
             np.testing.assert_allclose(out[name], want, rtol=1e-5, atol=1e-6, err_msg=name)

@@ -18,11 +18,13 @@ TORCH_PYTHON = "/tmp/torch-ref/bin/python"
 FULL = {
     "train_step.py": ["--stages", "1,2,3"],
     "maps.py": [],
+    "faithfulness.py": [],
     "input_pipeline.py": [],
 }
 QUICK = {
     "train_step.py": ["--shapes", "4x64", "--stages", "1,2,3", "--steps", "2", "--warmup", "1"],
     "maps.py": ["--batch", "4", "--size", "64", "--rounds", "2"],
+    "faithfulness.py": ["--batch", "2", "--size", "64", "--num-steps", "4", "--cg-iterations", "20", "--rounds", "1"],
     "input_pipeline.py": ["--images", "32", "--synthetic-images", "32", "--batches", "3", "--warmup", "1", "--size", "64",
                           "--synthetic-size", "64"],
 }

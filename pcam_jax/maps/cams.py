@@ -1,5 +1,8 @@
 """Class activation maps: CAM, positive CAM, Grad-CAM, Grad-CAM++, LayerCAM and Score-CAM.
 
+(Part of the package `pcam_jax.maps`, which re-exports every name; the other methods are in
+`pcam_jax.maps.more_methods`, all of them together in `pcam_jax.maps.harness`.)
+
 Pure, batched functions that work under ``jax.jit`` (static shapes), ``jax.vmap`` and on
 inputs sharded over a mesh. Shapes::
 
@@ -22,7 +25,7 @@ with sharded indices fails on explicit meshes.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +34,6 @@ import numpy as np
 Array = jax.Array
 ApplyFn = Callable[..., tuple[Array, Array]]
 
-METHODS = ("cam", "positive_cam", "grad_cam", "grad_cam_pp", "layer_cam", "score_cam")
-_GRADIENT_METHODS = ("grad_cam", "grad_cam_pp", "layer_cam")
 ABNORMAL = 1  # the class whose map shows the lesion
 DECODER = "decoder"  # stage 3's FCN lesion map: a map name beside METHODS, made by the model itself
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -314,59 +315,3 @@ def score_cam(apply_fn: ApplyFn, images: Array, targets: Array | None = None, ch
     weights = score_cam_weights(apply_fn, images, features, targets, chunk, channel_softmax)
     return jax.nn.relu(_weighted_sum(features, weights))
 
-
-# ---------------------------------------------------------------------------------------------
-# Every method for one batch, sharing the forward pass.
-
-
-def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
-    methods = (methods,) if isinstance(methods, str) else tuple(methods)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"unknown map method(s) {unknown or methods!r}; choose from {METHODS}.")
-    return methods
-
-
-def all_maps(apply_fn: ApplyFn, weights: Array, images: Array, targets: Array | None = None,
-             methods: Sequence[str] = METHODS, chunk: int = 32) -> dict[str, Array]:
-    """``{method: maps (B, h, w)}`` for every requested method, sharing one forward pass.
-
-    CAM, positive CAM and the gradient methods come from a single forward (plus a single VJP
-    when a gradient method is asked for); Score-CAM adds its masked forwards. ``weights`` is
-    the head's dense kernel (K, C). Trace it inside one ``jax.jit`` (see `make_all_maps_fn`).
-    Targets None = predicted class, the same for every method.
-    """
-    methods = _check_methods(methods)
-    if any(m in _GRADIENT_METHODS for m in methods):
-        _, features, grads, targets = forward_and_gradients(apply_fn, images, targets)
-    else:
-        logits, features = apply_fn(images)
-        targets, grads = _resolve_targets(targets, logits), None
-    compute = {
-        "cam": lambda: cam(features, weights, targets),
-        "positive_cam": lambda: positive_cam(features, weights, targets),
-        "grad_cam": lambda: grad_cam_from_gradients(features, grads),
-        "grad_cam_pp": lambda: grad_cam_pp_from_gradients(features, grads),
-        "layer_cam": lambda: layer_cam_from_gradients(features, grads),
-        "score_cam": lambda: jax.nn.relu(_weighted_sum(
-            features, score_cam_weights(apply_fn, images, features, targets, chunk))),
-    }
-    return {m: compute[m]() for m in methods}
-
-
-def make_all_maps_fn(model, methods: Sequence[str] = METHODS, chunk: int = 32) -> Callable:
-    """Jitted ``fn(variables, images, targets=None) -> {method: (B, h, w)}`` for a `PCAMNet`.
-
-    Variables are an argument (not baked into the program), so one compilation serves every
-    checkpoint of the same shapes.
-    """
-    from pcam_jax.models import classifier_apply_fn, head_kernel  # the network module is optional here
-
-    methods = _check_methods(methods)
-
-    @jax.jit
-    def fn(variables: Mapping, images: Array, targets: Array | None = None):
-        return all_maps(classifier_apply_fn(model, variables), head_kernel(variables["params"]), images,
-                        targets, methods, chunk)
-
-    return fn
