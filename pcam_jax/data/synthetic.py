@@ -363,14 +363,22 @@ def _opaque(cover: np.ndarray | None, shape) -> np.ndarray:
     return np.zeros(shape, bool) if cover is None else cover > 0.5
 
 
-def generate_for_config(synthetic_config, index: int, label: int) -> dict:
-    """`generate` with the image size, seed and per-label confounder rates of config.synthetic."""
+def generate_for_config(synthetic_config, index: int, label: int, *, marker_prob: float | None = None,
+                        hardware_prob: float | None = None) -> dict:
+    """`generate` with the image size, seed and per-label confounder rates of config.synthetic.
+
+    marker_prob / hardware_prob, when given, replace the config's rate for this label (the
+    counterfactual renders of `pcam_jax.evaluation.shortcuts` force them to 0 or 1).
+    """
     c = synthetic_config
     abnormal = bool(label)
+    if marker_prob is None:
+        marker_prob = c.marker_prob_abnormal if abnormal else c.marker_prob_normal
+    if hardware_prob is None:
+        hardware_prob = c.hardware_prob_abnormal if abnormal else c.hardware_prob_normal
     return generate(
         index, abnormal=abnormal, seed=int(c.seed), image_size=int(c.image_size),
-        marker_prob=float(c.marker_prob_abnormal if abnormal else c.marker_prob_normal),
-        hardware_prob=float(c.hardware_prob_abnormal if abnormal else c.hardware_prob_normal))
+        marker_prob=float(marker_prob), hardware_prob=float(hardware_prob))
 
 
 class PlannedImage(NamedTuple):
