@@ -145,10 +145,16 @@ def test_driver_argmax_shares_from_fake_maps(rendered, config):
         where = [index[im.tobytes()] for im in images]
         return {name: np.stack([rendered[f"{name}_mask"][c, i].astype(float) for c, i in where])
                 for name in ("lesion", "marker")}
-    report = shortcuts.shortcut_report(lookup_model(rendered, {}), maps, config, rendered=rendered)
+    report = shortcuts.shortcut_report(lookup_model(rendered, {}), maps, config, rendered=rendered,
+                                       tolerance=0.0)
     for name in ("lesion", "marker"):
         for cell, shares in report["argmax"][name]["per_cell"].items():
             if f"{name}=1" in cell:
                 assert shares[name] == 1.0, (name, cell, shares)
     assert sum(report["argmax"]["lesion"]["all"].values()) == pytest.approx(1.0)
     json.dumps(report)
+
+
+def test_default_tolerance_scales_the_pointing_game_radius(rendered, config):
+    report = shortcuts.shortcut_report(lookup_model(rendered, {}), None, config, rendered=rendered)
+    assert report["tolerance"] == pytest.approx(15 * 48 / 320, abs=0.05)

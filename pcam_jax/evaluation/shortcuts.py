@@ -23,7 +23,8 @@ Driver (works with `pcam_jax.analysis.Run` and with fakes)::
                              run.config.synthetic, num_limbs=100)
 
 Output keys of `shortcut_report` (all JSON-able; probabilities are P(abnormal)):
-- ``num_limbs``, ``first_index``, ``image_size``, ``seed``, ``tolerance``;
+- ``num_limbs``, ``first_index``, ``image_size``, ``seed``, ``tolerance`` (pixels the masks
+  grew by for the arg-max categories);
 - ``mean_probability``: {cell name: mean P over its limbs}, cell names like
   ``"lesion=1,marker=0,hardware=0"``;
 - ``lesion_auroc``: {``pooled``: AUROC lesion vs none over pairs from the same
@@ -234,7 +235,7 @@ def category_shares(categories) -> dict:
 # ----------------------------------------------------------------------------- driver
 
 def shortcut_report(predict: Callable, maps: Callable | None, synthetic_config, num_limbs: int = 100,
-                    first_index: int | None = None, tolerance: float = 0.0,
+                    first_index: int | None = None, tolerance: float | None = None,
                     rendered: dict | None = None) -> dict:
     """Counterfactual shortcut report of one model (keys in the module docstring).
 
@@ -242,12 +243,18 @@ def shortcut_report(predict: Callable, maps: Callable | None, synthetic_config, 
       predict: images uint8 (B, S, S) -> (B,) P(abnormal) (e.g. `Run.predict`).
       maps: images -> {method: (B, S, S) map} at the image size, or None to skip arg-max shares.
       synthetic_config: config.synthetic of the run (seed, image size, lesion settings).
+      tolerance: pixels by which lesion, marker and hardware masks grow before arg-max
+        categories are read; None: the evaluation's pointing-game default, 15 px at 320 px,
+        scaled to the image size (6 px at 128): class maps are coarse (stride 16), and a
+        thin marker stroke is rarely hit exactly.
       rendered: the output of `render_counterfactuals`, to reuse one render for many models.
     """
     if rendered is None:
         rendered = render_counterfactuals(synthetic_config, num_limbs, first_index)
     images = rendered["image"]
     n_cells, n = images.shape[:2]
+    if tolerance is None:
+        tolerance = round(15.0 * images.shape[-1] / 320.0, 1)
     flat = images.reshape((n_cells * n,) + images.shape[2:])
     probs = np.asarray(predict(flat), float).reshape(n_cells, n)
     cells = rendered["cells"]
