@@ -8,7 +8,9 @@ An image is X-ray attenuation rendered analytically on the pixel grid, then put 
   each other across a joint space;
 * for abnormal images, one to three lesions inside a bone, each with its exact pixel mask:
   a fracture line (thin dark line across the bone, the far fragment optionally displaced), a
-  lytic focus (dark ellipse) or a sclerotic focus (bright irregular blob);
+  lytic focus (dark ellipse) or a sclerotic focus (bright irregular blob); their size and
+  contrast follow a named level (`LESION_LEVELS`: "subtle", generator 1.0.0's, or "clear",
+  twice the size and contrast, which the demo's recipe can learn; docs/SYNTHETIC_LESIONS.md);
 * shortcut confounders: a lead side marker ("L"/"R", drawn from strokes) in the corner
   farthest from the limb, and metal hardware (plate with screws, crossing screws or a pin)
   on a bone, with probabilities that the caller picks per label;
