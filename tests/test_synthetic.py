@@ -224,5 +224,43 @@ def test_config_name_changes_with_every_setting():
     assert synthetic_builder.config_name(_tiny_synthetic_config()) == base
     for field in synthetic_builder.SETTINGS_FIELDS:
         value = c[field]
-        changed = value + 1 if isinstance(value, int) else value / 2
+        if isinstance(value, str):
+            changed = next(level for level in synthetic.LESION_LEVELS if level != value)
+        else:
+            changed = value + 1 if isinstance(value, int) else value / 2
         assert synthetic_builder.config_name(_tiny_synthetic_config(**{field: changed})) != base, field
+
+
+def test_lesion_levels_grow_lesions_in_place_and_leave_normal_limbs_alone():
+    clear_size, clear_contrast = synthetic.lesion_level_multipliers("clear")
+    assert synthetic.lesion_level_multipliers("subtle") == (1.0, 1.0)
+    assert clear_size > 1.0 and clear_contrast >= 1.0
+    kw = dict(image_size=SIZE, marker_prob=0.0, hardware_prob=0.0)
+    grown = dict(lesion_size=clear_size, lesion_contrast=clear_contrast)
+    areas, contrasts = [], []
+    for index in range(12):
+        subtle = synthetic.generate(index, abnormal=True, **kw)
+        clear = synthetic.generate(index, abnormal=True, **kw, **grown)
+        assert subtle["lesion_kinds"] == clear["lesion_kinds"]
+        # Same spots: every subtle lesion pixel lies on (or next to) a clear lesion pixel.
+        assert not np.any(subtle["lesion_mask"].astype(bool) & ~_dilate(clear["lesion_mask"].astype(bool)))
+        areas.append((subtle["lesion_mask"].sum(), clear["lesion_mask"].sum()))
+        normal = synthetic.generate(index, abnormal=False, **kw)
+        inside = subtle["lesion_mask"].astype(bool)
+        contrasts.append([np.abs(ex["image"].astype(int) - normal["image"])[inside].mean() for ex in (subtle, clear)])
+        assert np.array_equal(normal["image"], synthetic.generate(index, abnormal=False, **kw, **grown)["image"])
+    subtle_area, clear_area = np.sum(areas, axis=0)
+    assert clear_area > 1.2 * subtle_area  # less than clear_size**2 at 32 px: pixel floors
+    subtle_contrast, clear_contrast = np.median(contrasts, axis=0)
+    assert clear_contrast > 1.2 * subtle_contrast, contrasts
+    with pytest.raises(ValueError, match="lesion_level"):
+        synthetic.lesion_level_multipliers("obvious")
+
+
+def test_config_name_follows_the_level_multipliers_not_only_its_name(monkeypatch):
+    from pcam_jax.data import synthetic_builder
+
+    c = _tiny_synthetic_config(lesion_level="clear")
+    before = synthetic_builder.config_name(c)
+    monkeypatch.setitem(synthetic.LESION_LEVELS, "clear", (9.0, 9.0))
+    assert synthetic_builder.config_name(c) != before

@@ -56,6 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
         num_labelled=100,             # abnormal train images whose masks stage 3 sees
         num_heldout_labelled=50,      # disjoint abnormal images for threshold selection
         seed=0,
+        lesion_level="subtle",        # synthetic.LESION_LEVELS: "subtle" (generator 1.0.0's lesions)
+                                      # | "clear" (larger, stronger: learnable in the demo's budget)
     ))
 
     c.optimizer = ml_collections.ConfigDict(dict(

@@ -8,7 +8,9 @@ An image is X-ray attenuation rendered analytically on the pixel grid, then put 
   each other across a joint space;
 * for abnormal images, one to three lesions inside a bone, each with its exact pixel mask:
   a fracture line (thin dark line across the bone, the far fragment optionally displaced), a
-  lytic focus (dark ellipse) or a sclerotic focus (bright irregular blob);
+  lytic focus (dark ellipse) or a sclerotic focus (bright irregular blob); their size and
+  contrast follow a named level (`LESION_LEVELS`: "subtle", generator 1.0.0's, or "clear",
+  twice the size and contrast, which the demo's recipe can learn; docs/SYNTHETIC_LESIONS.md);
 * shortcut confounders: a lead side marker ("L"/"R", drawn from strokes) in the corner
   farthest from the limb, and metal hardware (plate with screws, crossing screws or a pin)
   on a bone, with probabilities that the caller picks per label;
@@ -34,6 +36,9 @@ LESION_KINDS = ("fracture", "lytic", "sclerotic")
 SPLITS = ("train", "model_selection", "test", "heldout_labelled")
 _ANATOMY, _LESIONS, _MARKER, _HARDWARE, _NOISE = range(5)  # random streams of one image
 _METAL = 6.0  # attenuation of lead and steel: saturates the film
+# Named lesion difficulty levels (config.synthetic.lesion_level): (size, contrast) multipliers
+# of `generate`. "subtle" is generator 1.0.0's lesions, byte for byte.
+LESION_LEVELS = {"subtle": (1.0, 1.0), "clear": (2.0, 2.0)}
 
 
 def tube_chords(rho: np.ndarray, inner_ratio: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
@@ -141,8 +146,14 @@ def _sample_anatomy(rng: np.random.Generator, pixel: float):
     return bones, joints, tissue_widths
 
 
-def _sample_lesions(rng: np.random.Generator, bones: list[Bone], pixel: float) -> list[dict]:
-    """One to three lesions, each on a bone whose chosen spot lies well inside the image."""
+def _sample_lesions(rng: np.random.Generator, bones: list[Bone], pixel: float, size: float = 1.0,
+                    contrast: float = 1.0) -> list[dict]:
+    """One to three lesions, each on a bone whose chosen spot lies well inside the image.
+
+    size scales every lesion dimension (bone-relative, before the pixel floors); contrast
+    scales how much a lesion darkens (capped at 95%) or brightens the bone. The random draws
+    are the same for every size and contrast: a lesion grows in place.
+    """
     lesions = []
     for _ in range(int(rng.choice([1, 2, 3], p=[0.65, 0.25, 0.1]))):
         kind = LESION_KINDS[rng.integers(3)]
@@ -158,15 +169,17 @@ def _sample_lesions(rng: np.random.Generator, bones: list[Bone], pixel: float) -
         r = bones[b].radius
         lesion = dict(kind=kind, bone=b, t=t)
         if kind == "fracture":
-            lesion.update(tilt=rng.uniform(-0.6, 0.6), half_width=max(0.13 * r, 0.8 * pixel),
+            lesion.update(tilt=rng.uniform(-0.6, 0.6), half_width=max(0.13 * r * size, 0.8 * pixel),
                           shift=rng.choice([0.0, rng.uniform(0.15, 0.45)]) * r * rng.choice([-1, 1]),
-                          gap=rng.uniform(0.0, 0.5) * pixel)
+                          gap=rng.uniform(0.0, 0.5) * pixel, strength=min(0.8 * contrast, 0.95))
         else:
+            center = rng.uniform(-0.25, 0.25) * r
+            half_along, half_across = rng.uniform(0.7, 1.5) * r * size, rng.uniform(0.38, 0.6) * r * size
+            strength = (min(rng.uniform(0.6, 0.8) * contrast, 0.95) if kind == "lytic"
+                        else rng.uniform(0.7, 1.1) * contrast)
             lesion.update(
-                center=rng.uniform(-0.25, 0.25) * r,
-                half_along=max(rng.uniform(0.7, 1.5) * r, 2 * pixel),
-                half_across=max(rng.uniform(0.38, 0.6) * r, 1.5 * pixel),
-                strength=rng.uniform(0.6, 0.8) if kind == "lytic" else rng.uniform(0.7, 1.1),
+                center=center, half_along=max(half_along, 2 * pixel),
+                half_across=max(min(half_across, 0.9 * r), 1.5 * pixel), strength=strength,
                 lobes=int(rng.integers(2, 5)), phase=rng.uniform(0, 2 * np.pi))
         lesions.append(lesion)
     return lesions
@@ -183,7 +196,7 @@ def _render_bone(x, y, bone: Bone, lesions: list[dict], pixel: float, texture: n
         far = s > 0
         across = across - les["shift"] * far
         along = along - les["gap"] * far
-        fracture_lines.append((s, les["half_width"]))
+        fracture_lines.append((s, les["half_width"], les["strength"]))
     tc = np.clip(along, 0.0, length)
     from_end = np.minimum(tc, length - tc)
     end_weight = np.exp(-((from_end / (2.2 * bone.radius)) ** 2))
@@ -208,8 +221,8 @@ def _render_bone(x, y, bone: Bone, lesions: list[dict], pixel: float, texture: n
         else:
             atten = atten + les["strength"] * soft * _coverage((rho - 1.0) * radius, pixel)
         lesion_mask |= (ell <= 1.0) & in_bone
-    for s, half_width in fracture_lines:
-        atten = atten * (1.0 - 0.8 * _coverage(np.abs(s) - half_width, pixel))
+    for s, half_width, strength in fracture_lines:
+        atten = atten * (1.0 - strength * _coverage(np.abs(s) - half_width, pixel))
         lesion_mask |= (np.abs(s) <= half_width) & in_bone
     return atten, in_bone, lesion_mask
 
@@ -281,7 +294,8 @@ def _render_hardware(x, y, rng, bones: list[Bone], lesion_mask, pixel: float) ->
 
 
 def generate(index: int, *, abnormal: bool, seed: int = 0, image_size: int = 128,
-             marker_prob: float = 0.5, hardware_prob: float = 0.1) -> dict:
+             marker_prob: float = 0.5, hardware_prob: float = 0.1, lesion_size: float = 1.0,
+             lesion_contrast: float = 1.0) -> dict:
     """One synthetic radiograph, deterministic in (seed, index, abnormal, probabilities).
 
     Args:
@@ -291,6 +305,8 @@ def generate(index: int, *, abnormal: bool, seed: int = 0, image_size: int = 128
       image_size: S, the side of the square image in pixels (>= 16).
       marker_prob, hardware_prob: probability of a side marker / metal hardware for this image
         (the caller picks them per label: that is the shortcut).
+      lesion_size, lesion_contrast: multipliers of the lesions' dimensions and of their
+        darkening / brightening (1, 1: the "subtle" level; see `LESION_LEVELS`).
 
     Returns a dict: image uint8 (S, S); lesion_mask uint8 (S, S) in {0, 1} (empty iff normal);
     label int; has_marker, has_hardware bool; lesion_kinds tuple of str; marker_letter ("L",
@@ -298,6 +314,8 @@ def generate(index: int, *, abnormal: bool, seed: int = 0, image_size: int = 128
     """
     if image_size < 16:
         raise ValueError(f"synthetic image_size must be >= 16 pixels, got {image_size}")
+    if not (lesion_size > 0 and lesion_contrast > 0):
+        raise ValueError(f"lesion_size and lesion_contrast must be > 0, got {lesion_size}, {lesion_contrast}")
     streams = [np.random.default_rng(np.random.SeedSequence([seed, index, s])) for s in range(5)]
     x, y = _grid(image_size)
     pixel = 1.0 / image_size
@@ -315,7 +333,8 @@ def generate(index: int, *, abnormal: bool, seed: int = 0, image_size: int = 128
     limb = np.min(limb, axis=0)
     tissue = rng.uniform(0.22, 0.38) * np.sqrt(np.maximum(1.0 - limb**2, 0.0))
 
-    lesions = _sample_lesions(streams[_LESIONS], bones, pixel) if abnormal else []
+    lesions = (_sample_lesions(streams[_LESIONS], bones, pixel, lesion_size, lesion_contrast)
+               if abnormal else [])
     atten = tissue.copy()
     bone_mask = np.zeros(x.shape, bool)
     lesion_mask = np.zeros(x.shape, bool)
@@ -363,14 +382,31 @@ def _opaque(cover: np.ndarray | None, shape) -> np.ndarray:
     return np.zeros(shape, bool) if cover is None else cover > 0.5
 
 
-def generate_for_config(synthetic_config, index: int, label: int) -> dict:
-    """`generate` with the image size, seed and per-label confounder rates of config.synthetic."""
+def generate_for_config(synthetic_config, index: int, label: int, *, marker_prob: float | None = None,
+                        hardware_prob: float | None = None) -> dict:
+    """`generate` with the image size, seed and per-label confounder rates of config.synthetic.
+
+    marker_prob / hardware_prob, when given, replace the config's rate for this label (the
+    counterfactual renders of `pcam_jax.evaluation.shortcuts` force them to 0 or 1).
+    """
     c = synthetic_config
     abnormal = bool(label)
+    if marker_prob is None:
+        marker_prob = c.marker_prob_abnormal if abnormal else c.marker_prob_normal
+    if hardware_prob is None:
+        hardware_prob = c.hardware_prob_abnormal if abnormal else c.hardware_prob_normal
+    size, contrast = lesion_level_multipliers(c.get("lesion_level", "subtle"))
     return generate(
         index, abnormal=abnormal, seed=int(c.seed), image_size=int(c.image_size),
-        marker_prob=float(c.marker_prob_abnormal if abnormal else c.marker_prob_normal),
-        hardware_prob=float(c.hardware_prob_abnormal if abnormal else c.hardware_prob_normal))
+        marker_prob=float(marker_prob), hardware_prob=float(hardware_prob),
+        lesion_size=size, lesion_contrast=contrast)
+
+
+def lesion_level_multipliers(level: str) -> tuple[float, float]:
+    """(size, contrast) of a named lesion level; clear error for an unknown name."""
+    if level not in LESION_LEVELS:
+        raise ValueError(f"config.synthetic.lesion_level must be one of {sorted(LESION_LEVELS)}, got {level!r}")
+    return LESION_LEVELS[level]
 
 
 class PlannedImage(NamedTuple):
@@ -395,6 +431,7 @@ def check_config(c) -> None:
             raise ValueError(f"config.synthetic.{field} must be a probability in [0, 1], got {c[field]}")
     if int(c.image_size) < 16:
         raise ValueError(f"config.synthetic.image_size must be >= 16, got {c.image_size}")
+    lesion_level_multipliers(c.get("lesion_level", "subtle"))
 
 
 def make_split_plan(synthetic_config) -> dict[str, list[PlannedImage]]:

@@ -35,7 +35,7 @@ from pcam_jax.data import synthetic
 SETTINGS_FIELDS = (
     "image_size", "num_train", "num_model_selection", "num_test", "abnormal_prevalence",
     "marker_prob_abnormal", "marker_prob_normal", "hardware_prob_abnormal", "hardware_prob_normal",
-    "num_labelled", "num_heldout_labelled", "seed")
+    "num_labelled", "num_heldout_labelled", "seed", "lesion_level")
 
 
 def settings_of(synthetic_config) -> dict:
@@ -46,14 +46,18 @@ def settings_of(synthetic_config) -> dict:
     settings = {}
     for field in SETTINGS_FIELDS:
         value = synthetic_config[field]
-        settings[field] = float(value) if isinstance(value, float) else int(value)
+        settings[field] = (value if isinstance(value, str) else
+                           float(value) if isinstance(value, float) else int(value))
     return settings
 
 
 def config_name(synthetic_config) -> str:
     """BuilderConfig name: image size plus a hash of every setting and the generator version."""
     settings = settings_of(synthetic_config)
-    blob = json.dumps(dict(settings, generator=synthetic.GENERATOR_VERSION), sort_keys=True)
+    # The level's multipliers too: retuning a level must never reuse a dataset built before.
+    multipliers = synthetic.lesion_level_multipliers(settings["lesion_level"])
+    blob = json.dumps(dict(settings, generator=synthetic.GENERATOR_VERSION, lesion_multipliers=multipliers),
+                      sort_keys=True)
     return f"s{settings['image_size']}_{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
