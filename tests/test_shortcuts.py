@@ -9,7 +9,7 @@ import pytest
 import scipy.ndimage
 
 from pcam_jax.configs import tiny
-from pcam_jax.data import synthetic
+from pcam_jax.data import synthetic_splits
 from pcam_jax.evaluation import shortcuts
 
 NUM_LIMBS = 6
@@ -42,7 +42,7 @@ def lookup_model(rendered, weights, offset=0.05):
 
 
 def test_heldout_limbs_lie_past_every_split(config):
-    plan = synthetic.make_split_plan(config)
+    plan = synthetic_splits.make_split_plan(config)
     last = max(item.index for items in plan.values() for item in items)
     start = shortcuts.first_heldout_index(config)
     assert start > last and start == 1_000_000

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pcam_jax import configs
-from pcam_jax.data import synthetic
+from pcam_jax.data import synthetic, synthetic_splits
 
 SIZE = 32
 
@@ -146,8 +146,8 @@ def test_split_plan_counts_disjointness_and_labelled_subset():
     settings = dict(num_train=40, num_model_selection=10, num_test=12, num_labelled=5,
                     num_heldout_labelled=6, abnormal_prevalence=0.3)
     c = _tiny_synthetic_config(**settings)
-    plan = synthetic.make_split_plan(c)
-    assert list(plan) == list(synthetic.SPLITS)
+    plan = synthetic_splits.make_split_plan(c)
+    assert list(plan) == list(synthetic_splits.SPLITS)
     sizes = dict(train=40, model_selection=10, test=12, heldout_labelled=6)
     all_indices = []
     for split, items in plan.items():
@@ -163,8 +163,8 @@ def test_split_plan_counts_disjointness_and_labelled_subset():
     assert len(set(all_indices)) == len(all_indices) == sum(sizes.values())
     labelled = [it for it in plan["train"] if it.lesion_labelled]
     assert len(labelled) == 5 and all(it.label == 1 for it in labelled)
-    assert synthetic.make_split_plan(c) == plan
-    assert synthetic.make_split_plan(_tiny_synthetic_config(**settings, seed=1)) != plan
+    assert synthetic_splits.make_split_plan(c) == plan
+    assert synthetic_splits.make_split_plan(_tiny_synthetic_config(**settings, seed=1)) != plan
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -175,7 +175,7 @@ def test_split_plan_counts_disjointness_and_labelled_subset():
 ])
 def test_split_plan_rejects_bad_settings(field, value, message):
     with pytest.raises(ValueError, match=message):
-        synthetic.make_split_plan(_tiny_synthetic_config(**{field: value}))
+        synthetic_splits.make_split_plan(_tiny_synthetic_config(**{field: value}))
 
 
 def test_synthetic_module_does_not_import_tensorflow():
@@ -193,7 +193,7 @@ def test_builder_records_match_generator_byte_for_byte(tmp_path):
     c = _tiny_synthetic_config()
     builder = synthetic_builder.prepare(c, tmp_path)
     assert builder.info.features["label"].names == ["normal", "abnormal"]
-    plan = synthetic.make_split_plan(c)
+    plan = synthetic_splits.make_split_plan(c)
     for split, items in plan.items():
         by_index = {it.index: it for it in items}
         records = list(builder.as_dataset(split=split).as_numpy_iterator())

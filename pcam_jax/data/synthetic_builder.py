@@ -2,7 +2,7 @@
 
 Records follow the contract in `pcam_jax.data` (image and lesion_mask (S, S, 1) uint8, label,
 has_mask, lesion_labelled, path, study_id, patient_id, body_part); splits are train,
-model_selection, test and heldout_labelled, as planned by `synthetic.make_split_plan`.
+model_selection, test and heldout_labelled, as planned by `synthetic_splits.make_split_plan`.
 
 The builder is parameterised by `config.synthetic`: each distinct setting gets its own
 BuilderConfig, named by a short hash of the settings and the generator version, so datasets
@@ -29,7 +29,7 @@ import tensorflow_datasets as tfds
 
 from pcam_jax import runtime
 from pcam_jax.data import CLASS_NAMES
-from pcam_jax.data import synthetic
+from pcam_jax.data import synthetic, synthetic_splits
 
 # Fields of config.synthetic that change the records (all of them, today).
 SETTINGS_FIELDS = (
@@ -108,7 +108,7 @@ class SyntheticXray(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
-        plan = synthetic.make_split_plan(ml_collections.ConfigDict(self.builder_config.settings))
+        plan = synthetic_splits.make_split_plan(ml_collections.ConfigDict(self.builder_config.settings))
         return {split: self._generate_examples(split, planned) for split, planned in plan.items()}
 
     def _generate_examples(self, split, planned):
@@ -117,7 +117,7 @@ class SyntheticXray(tfds.core.GeneratorBasedBuilder):
             yield item.index, record(settings, split, item)
 
 
-def record(synthetic_config, split: str, item: synthetic.PlannedImage) -> dict:
+def record(synthetic_config, split: str, item: synthetic_splits.PlannedImage) -> dict:
     """The stored record of one planned image (numpy arrays; what the builder writes)."""
     ex = synthetic.generate_for_config(synthetic_config, item.index, item.label)
     path = f"synthetic/{split}/{item.index:06d}"
@@ -137,7 +137,7 @@ def record(synthetic_config, split: str, item: synthetic.PlannedImage) -> dict:
 def builder(synthetic_config, data_dir: str | os.PathLike) -> tfds.core.DatasetBuilder:
     """The `synthetic_xray` builder for these settings, reading and writing under data_dir."""
     runtime.tensorflow()  # before TFDS touches TensorFlow
-    synthetic.check_config(synthetic_config)  # clear errors before TFDS sees anything
+    synthetic_splits.check_config(synthetic_config)  # clear errors before TFDS sees anything
     # Every config here is "custom" (named by its settings); TFDS warns about that each time.
     absl_logger = logging.get_absl_logger()
     level = absl_logger.level

@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from pcam_jax.data import synthetic
-from pcam_jax.evaluation.classification import auroc
+from pcam_jax.metrics.classification import auroc
 
 FACTORS = ("lesion", "marker", "hardware")
 CELLS = tuple(itertools.product((0, 1), repeat=3))  # (lesion, marker, hardware), lesion slowest
@@ -64,7 +64,7 @@ def cell_name(cell) -> str:
 
 
 def first_heldout_index(synthetic_config) -> int:
-    """First limb index past every split of `synthetic.make_split_plan`, rounded up to 10^6."""
+    """First limb index past every split of `synthetic_splits.make_split_plan`, rounded up to 10^6."""
     c = synthetic_config
     used = sum(int(c[f]) for f in ("num_train", "num_model_selection", "num_test", "num_heldout_labelled"))
     return max(1, -(-used // _HELDOUT_MULTIPLE)) * _HELDOUT_MULTIPLE
