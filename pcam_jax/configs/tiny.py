@@ -33,4 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.pointing_tolerance = 2
     c.eval.score_cam_chunk = 8
     c.eval.num_figure_images = 2
+    c.eval.trust_images = 4
+    c.eval.sanity_images = 2
+    c.eval.deletion_steps = 4
+    c.eval.road_iterations = 10
     return c

@@ -38,14 +38,19 @@ SETTINGS_FIELDS = (
     "num_labelled", "num_heldout_labelled", "seed", "lesion_level")
 
 
+# Fields added after runs were made: the value that reproduces those runs' pictures (a config
+# stored in an older checkpoint lacks them, and must still rebuild its data for `evaluate`).
+SETTINGS_DEFAULTS = {"lesion_level": "subtle"}
+
+
 def settings_of(synthetic_config) -> dict:
     """The builder-relevant settings as a plain JSON-able dict (clear error on a missing field)."""
-    missing = [f for f in SETTINGS_FIELDS if f not in synthetic_config]
+    missing = [f for f in SETTINGS_FIELDS if f not in synthetic_config and f not in SETTINGS_DEFAULTS]
     if missing:
         raise ValueError(f"config.synthetic lacks {missing}; see pcam_jax/configs/base.py for the fields")
     settings = {}
     for field in SETTINGS_FIELDS:
-        value = synthetic_config[field]
+        value = synthetic_config[field] if field in synthetic_config else SETTINGS_DEFAULTS[field]
         settings[field] = (value if isinstance(value, str) else
                            float(value) if isinstance(value, float) else int(value))
     return settings

@@ -28,7 +28,7 @@ import numpy as np
 from pcam_jax import analysis
 from pcam_jax import maps as maps_lib
 from pcam_jax.data import resolve_data_dir
-from pcam_jax.evaluation import figures, report
+from pcam_jax.evaluation import figures, report, trust
 from pcam_jax.metrics import classification, localisation
 from pcam_jax.training import checkpointing, stages as stages_lib
 
@@ -38,6 +38,12 @@ FIGURE2_COLUMNS = {
     "stage2/positive_cam": "stage 2", "stage3/decoder": "stage 3",
 }
 TEST_SPLIT = {"synthetic": "test", "mura": "valid"}
+TRUST_NOTE = ("Faithfulness on the first `eval.trust_images` test images with a lesion, every map for the "
+              "abnormal class: deletion (pixels set to 0 most relevant first) and insertion (pixels restored "
+              "on a blurred image) AUCs of P(abnormal), ROAD with noisy linear imputation, average drop / "
+              "increase of P(abnormal) on the image times the map (Chattopadhyay et al.). Sanity "
+              "(Adebayo et al.): mean SSIM of the map to the trained model's once the head and every "
+              "encoder block are re-initialised (pass: < 0.5), and of the other class's map to this one's.")
 THRESHOLD_SPLIT = {"synthetic": "heldout_labelled"}
 
 
@@ -111,6 +117,20 @@ def _classification(test: dict, config) -> dict:
     return result
 
 
+def _trust(metrics: dict, runs, test: dict, config, out_dir: pathlib.Path) -> None:
+    """Faithfulness and sanity figures of every stage's maps, and the randomisation figure."""
+    stage_methods = {s: stages_lib.get(s).map_methods for s in runs}
+    result = trust.trust_report(runs, test, stage_methods, config)
+    cascade = result.pop("_cascade", None)
+    metrics["trust"] = result
+    if cascade:
+        method = "positive_cam" if "positive_cam" in cascade["maps"] else next(iter(cascade["maps"]))
+        fig = figures.cascade_figure(cascade["images"], cascade["maps"][method], cascade["steps"],
+                                     method=f"stage{cascade['stage']} {method}")
+        fig.savefig(out_dir / "randomisation_cascade.png", dpi=90, bbox_inches="tight")
+        metrics["figures"]["randomisation_cascade"] = "randomisation_cascade.png"
+
+
 def _to_json(value):
     if isinstance(value, dict):
         return {str(k): _to_json(v) for k, v in value.items()}
@@ -147,7 +167,8 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
                 f"{stages[-1]} at {config.data.image_size}: evaluate them from separate work directories")
 
     n_figure = int(config.eval.num_figure_images)
-    test = _collect(runs, config, split, data_dir, figure_rows=n_figure)
+    n_trust = int(config.eval.get("trust_images", 0))
+    test = _collect(runs, config, split, data_dir, figure_rows=max(n_figure, n_trust))
     metrics: dict[str, Any] = {
         "split": split, "dataset": dataset, "workdir": str(workdir),
         "checkpoint_steps": {f"stage{s}": r.step for s, r in runs.items()},
@@ -184,6 +205,8 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
             fig = figures.figure2(test["images"][rows], test["masks"][rows], columns)
             fig.savefig(out_dir / "figure2.png", dpi=110, bbox_inches="tight")
             metrics["figures"]["figure2"] = "figure2.png"
+        if n_trust > 0:
+            _trust(metrics, runs, test, config, out_dir)
     else:
         metrics["localisation"] = {}
         metrics["localisation_note"] = f"no test image of split {split!r} has a lesion mask"
@@ -197,7 +220,10 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
     metrics["config"] = config.to_dict()
     metrics["seconds"] = time.perf_counter() - t0
     (out_dir / "metrics.json").write_text(json.dumps(_to_json(metrics), indent=2))
-    report.write_report(out_dir / "report.md", metrics)
+    sections = []
+    if metrics.get("trust"):
+        sections.append(("Are the maps faithful and sane?", trust.trust_table(metrics["trust"]) + "\n\n" + TRUST_NOTE))
+    report.write_report(out_dir / "report.md", metrics, sections=sections)
     if verbose:
         print(report.localisation_table(metrics["localisation"]) if metrics["localisation"] else
               metrics.get("localisation_note", ""))

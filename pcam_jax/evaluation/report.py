@@ -190,8 +190,12 @@ def _convention_line(localisation: Mapping[str, Mapping[str, Any]]) -> str:
         f"{m} {c or 'not recorded'}" for m, c in used.items()) + "."
 
 
-def write_report(path, metrics: Mapping[str, Any], notes: str = "") -> str:
-    """Writes the Markdown report to `path` (parents created) and returns its text."""
+def write_report(path, metrics: Mapping[str, Any], notes: str = "",
+                 sections: Sequence[tuple[str, str]] = ()) -> str:
+    """Writes the Markdown report to `path` (parents created) and returns its text.
+
+    ``sections``: further (title, Markdown) sections, after the tables and before the notes.
+    """
     localisation = metrics.get("localisation") or {}
     classification = metrics.get("classification") or {}
     figures = metrics.get("figures") or {}
@@ -233,6 +237,8 @@ def write_report(path, metrics: Mapping[str, Any], notes: str = "") -> str:
     if summary or figure_notes:
         parts += ["## What the figures show", ""]
         parts += summary + ([""] if summary else []) + figure_notes + [""]
+    for title, text in sections:
+        parts += [f"## {title}", "", text.strip(), ""]
     if notes.strip():
         parts += ["## Notes", "", notes.strip(), ""]
     text = "\n".join(parts)

@@ -1,0 +1,145 @@
+"""Are a trained stage's maps trustworthy? Faithfulness and sanity figures for `pcam-jax evaluate`.
+
+For one trained stage (`pcam_jax.analysis.Run`) and a batch of test images with lesions, per
+map method of the stage (`pcam_jax.training.stages`), every map made for the abnormal class:
+
+- faithfulness (`pcam_jax.faithfulness`): deletion AUC (pixels removed most relevant first,
+  to 0; lower is more faithful), insertion AUC (pixels restored onto a blurred image; higher is
+  better), ROAD MoRF and LeRF means and their combination ``(LeRF - MoRF) / 2`` (higher is
+  better), average drop (%) and increase (%) in confidence of the image multiplied by the map;
+- sanity (`pcam_jax.sanity`): SSIM and Spearman of each map to the trained model's as the
+  head, then the encoder blocks from the top down, are re-initialised (cascading
+  randomisation; a method passes when the fully randomised model's map has mean SSIM < 0.5),
+  and the random-logit test (map for the other class against the abnormal-class map).
+
+Everything is one jitted program per figure; the sizes (images, steps) come from config.eval.
+The decoder map of stage 3 is not a classifier explanation: it gets faithfulness figures (it
+does say where the lesion is; does the classifier's decision live there?) but no sanity check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pcam_jax import faithfulness, maps as maps_lib, sanity
+from pcam_jax.models import ABNORMAL, abnormal_probability, init_variables
+
+
+def _settings(config) -> dict:
+    e = config.eval
+    return dict(images=int(e.get("trust_images", 16)), sanity_images=int(e.get("sanity_images", 4)),
+                steps=int(e.get("deletion_steps", 20)), road_iterations=int(e.get("road_iterations", 100)),
+                seed=int(config.seed))
+
+
+def _prob_fn(run):
+    model, variables = run.model, run.variables
+    return lambda x: abnormal_probability(model, variables, x)[0]
+
+
+def faithfulness_figures(run, images: np.ndarray, maps: dict[str, np.ndarray], *, steps: int = 20,
+                         road_iterations: int = 100, seed: int = 0) -> dict[str, dict[str, float]]:
+    """{method: {deletion_auc, insertion_auc, road_morf, road_lerf, road_combined, average_drop,
+    average_increase}} for maps (N, S, S) in [0, 1] of images (N, S, S, 1), abnormal class."""
+    prob_fn = _prob_fn(run)
+    x = jnp.asarray(images, jnp.float32)
+    key = jax.random.key(seed)
+
+    @jax.jit
+    def figures(saliency):
+        deletion = faithfulness.deletion_curve(prob_fn, x, saliency, num_steps=steps)
+        insertion = faithfulness.insertion_curve(prob_fn, x, saliency, num_steps=steps)
+        morf = faithfulness.road_curve(prob_fn, x, saliency, key, most_relevant_first=True,
+                                       num_iterations=road_iterations)
+        lerf = faithfulness.road_curve(prob_fn, x, saliency, key, most_relevant_first=False,
+                                       num_iterations=road_iterations)
+        change = faithfulness.confidence_change(prob_fn, x, saliency)
+        return {"deletion_auc": faithfulness.area_under_curve(deletion),
+                "insertion_auc": faithfulness.area_under_curve(insertion),
+                "road_morf": jnp.mean(morf, axis=-1), "road_lerf": jnp.mean(lerf, axis=-1),
+                "road_combined": faithfulness.road_combined(morf, lerf),
+                "average_drop": 100.0 * change["drop"], "average_increase": 100.0 * change["increase"]}
+
+    return {method: {k: float(np.mean(v)) for k, v in jax.device_get(figures(jnp.asarray(m, jnp.float32))).items()}
+            for method, m in maps.items()}
+
+
+def sanity_figures(run, images: np.ndarray, methods: tuple[str, ...], *, seed: int = 0) -> dict[str, Any]:
+    """Cascading randomisation and random-logit test of the classifier maps ``methods``.
+
+    Returns {"steps": [...], "cascade": {method: {"ssim": [per step], "spearman": [...],
+    "passes": bool}}, "random_logit": {method: {"ssim", "spearman"}}, "maps": the cascade's
+    maps {method: (S + 1, N, H, W)} for the figure}.
+    """
+    methods = tuple(m for m in methods if m in maps_lib.METHODS)
+    if not methods:
+        return {}
+    maps_fn = maps_lib.make_all_maps_fn(run.model, methods, chunk=int(run.config.eval.score_cam_chunk))
+    fresh = init_variables(run.model, jax.random.key(seed + 7919), run.image_size)
+    x = jnp.asarray(images, jnp.float32)
+    targets = jnp.full((len(images),), ABNORMAL, jnp.int32)  # every step explains the same class
+    cascade = sanity.cascading_randomisation(maps_fn, run.variables, fresh, x, targets)
+    verdict = sanity.cascade_verdict(cascade, "ssim")
+    logit = sanity.random_logit_test(maps_fn, run.variables, x, targets, 2, jax.random.key(seed))
+    mean = lambda a: [float(v) for v in np.nanmean(np.asarray(a, np.float64), axis=-1).reshape(-1)]
+    return {
+        "steps": cascade["steps"],
+        "cascade": {m: {"ssim": mean(cascade["ssim"][m]), "spearman": mean(cascade["spearman"][m]),
+                        "passes": verdict[m]["passes"]} for m in methods},
+        "random_logit": {m: {"ssim": mean(logit["ssim"][m])[0], "spearman": mean(logit["spearman"][m])[0]}
+                         for m in methods},
+        "maps": cascade["maps"],
+    }
+
+
+def trust_report(runs: dict[int, Any], test: dict, stage_methods: dict[int, tuple[str, ...]], config) -> dict:
+    """{f"stage{s}/{method}": {faithfulness figures, "sanity_passes", "cascade_final_ssim",
+    "random_logit_ssim"}} plus "_cascade" (for the figure) from the first ``trust_images`` test
+    images with lesions (``test`` as `pcam_jax.evaluation.evaluate` collects it)."""
+    settings = _settings(config)
+    n = min(settings["images"], len(test["images"]))
+    if n == 0:
+        return {}
+    images = test["images"][:n, ..., None].astype(np.float32)
+    out, cascade_for_figure = {}, None
+    for stage, run in runs.items():
+        methods = stage_methods[stage]
+        maps = {m: test["maps"][f"stage{stage}/{m}"][:n] for m in methods}
+        faith = faithfulness_figures(run, images, maps, steps=settings["steps"],
+                                     road_iterations=settings["road_iterations"], seed=settings["seed"])
+        sane = sanity_figures(run, images[:settings["sanity_images"]], methods, seed=settings["seed"])
+        for m in methods:
+            entry = dict(faith[m])
+            if sane and m in sane["cascade"]:
+                entry.update(sanity_passes=sane["cascade"][m]["passes"],
+                             cascade_final_ssim=sane["cascade"][m]["ssim"][-1],
+                             cascade_final_spearman=sane["cascade"][m]["spearman"][-1],
+                             random_logit_ssim=sane["random_logit"][m]["ssim"])
+            out[f"stage{stage}/{m}"] = entry
+        if sane and cascade_for_figure is None:
+            cascade_for_figure = {"stage": stage, "steps": sane["steps"], "maps": sane["maps"],
+                                  "ssim": {m: sane["cascade"][m]["ssim"] for m in sane["cascade"]},
+                                  "images": images[:settings["sanity_images"], ..., 0]}
+    out["_cascade"] = cascade_for_figure
+    return out
+
+
+TABLE_COLUMNS = (
+    ("deletion_auc", "Deletion AUC (lower better)"), ("insertion_auc", "Insertion AUC"),
+    ("road_combined", "ROAD (LeRF-MoRF)/2"), ("average_drop", "Avg drop %"),
+    ("average_increase", "Avg increase %"), ("cascade_final_ssim", "SSIM, all randomised"),
+    ("random_logit_ssim", "SSIM, other class"), ("sanity_passes", "Sanity"),
+)
+
+
+def trust_table(trust: dict) -> str:
+    """The Markdown table of `trust_report` (one row per stage/method)."""
+    from pcam_jax.evaluation import report
+
+    rows = {name: {k: ("pass" if v else "FAIL") if k == "sanity_passes" else v for k, v in entry.items()}
+            for name, entry in trust.items() if not name.startswith("_")}
+    return report.format_table(rows, [k for k, _ in TABLE_COLUMNS], headers=dict(TABLE_COLUMNS))
