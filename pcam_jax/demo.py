@@ -75,6 +75,18 @@ def summarize(workdir: pathlib.Path, outputs: dict[str, Any], seconds: dict[str,
                          f"                    {test.get('accuracy', float('nan')):.3f} / "
                          f"{test.get('auroc', float('nan')):.3f}")
         lines.append("")
+    reliance = (outputs.get("evaluate") or {}).get("shortcuts", {})
+    if reliance:
+        from pcam_jax.evaluation.shortcuts import reliance_summary
+
+        lines.append("what each stage's classifier relies on (counterfactual renders):")
+        lines += [f"  {stage[-1]}    {reliance_summary(r)}" for stage, r in sorted(reliance.items())]
+        lines.append("")
+    localisation = (outputs.get("evaluate") or {}).get("localisation", {})
+    if localisation:
+        from pcam_jax.evaluation.report import localisation_table
+
+        lines += ["localisation on the test split:", localisation_table(localisation), ""]
     figures = (outputs.get("evaluate") or {}).get("figures", {})
     if figures:
         lines.append(f"maps and report: {workdir / 'eval'} ({', '.join(sorted(figures.values()))}, report.md)")

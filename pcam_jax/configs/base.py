@@ -110,6 +110,7 @@ def get_config() -> ml_collections.ConfigDict:
         pointing_tolerance=-1.0,      # pixels; < 0: 15 px at 320 px, scaled with the image (6 px at 128)
         score_cam_chunk=32,           # channels per batched forward in Score-CAM
         num_figure_images=6,
+        shortcut_limbs=100,           # synthetic: held-out limbs per counterfactual cell (8 cells); 0: skip
         trust_images=16,              # test images with lesions for faithfulness (deletion, ROAD, ...); 0: skip
         sanity_images=4,              # of those, for the cascading-randomisation and random-logit tests
         deletion_steps=20,            # steps of the deletion / insertion curves

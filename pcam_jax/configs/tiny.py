@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.pointing_tolerance = 2
     c.eval.score_cam_chunk = 8
     c.eval.num_figure_images = 2
+    c.eval.shortcut_limbs = 3
     c.eval.trust_images = 4
     c.eval.sanity_images = 2
     c.eval.deletion_steps = 4

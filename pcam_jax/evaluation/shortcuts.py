@@ -279,3 +279,47 @@ def shortcut_report(predict: Callable, maps: Callable | None, synthetic_config, 
                 all=category_shares(cats),
                 per_cell={cell_name(c): category_shares(k) for c, k in zip(cells, cats)})
     return report
+
+
+# Cheap maps for the arg-max shares (a forward and at most one VJP; Score-CAM and AblationCAM
+# on 8 x num_limbs counterfactual renders would cost more than the rest of the evaluation).
+ARGMAX_METHODS = ("cam", "positive_cam", "grad_cam", "decoder")
+
+
+def reliance_summary(report: Mapping) -> str:
+    """One line: what the model relies on (lesion AUROC held equal, confounder effects, arg-max)."""
+    lesion = report["lesion_auroc"]["pooled"]
+    parts = [f"lesion AUROC {lesion:.2f} with marker and hardware held equal"]
+    for factor in ("marker", "hardware"):
+        f = report[factor]
+        parts.append(f"{factor} {f['effect_normal']:+.2f} P(abnormal) on normal limbs (AUROC {f['auroc_normal']:.2f})")
+    for method in ("positive_cam", "decoder"):
+        shares = (report.get("argmax") or {}).get(method, {}).get("all")
+        if shares:
+            parts.append(f"{method} arg-max on lesion {shares['lesion']:.0%}, marker {shares['marker']:.0%}, "
+                         f"hardware {shares['hardware']:.0%}")
+    verdict = ("reads the lesion" if lesion >= 0.8 else "partly reads the lesion" if lesion >= 0.65
+               else "does not read the lesion")
+    strongest = max(("marker", "hardware"), key=lambda k: report[k]["auroc_normal"])
+    if report[strongest]["auroc_normal"] >= 0.8:
+        verdict += f", and follows the {strongest}"
+    return f"{verdict}: " + "; ".join(parts)
+
+
+def shortcut_table(reports: Mapping[str, Mapping]) -> str:
+    """Markdown table, one row per stage: lesion AUROC per confounder cell, confounder effects."""
+    head = ("| stage | lesion AUROC (pooled) | no marker, no hw | marker | hw | marker + hw | marker effect "
+            "(AUROC) | hardware effect (AUROC) | positive CAM arg-max: lesion / marker / hw / bone |")
+    lines = [head, "|" + "---|" * 8]
+    for stage, r in reports.items():
+        cells = r["lesion_auroc"]["per_cell"]
+        shares = (r.get("argmax") or {}).get("positive_cam", {}).get("all")
+        argmax = (" / ".join(f"{shares[k]:.2f}" for k in ("lesion", "marker", "hardware", "bone"))
+                  if shares else "n/a")
+        lines.append(
+            f"| {stage} | {r['lesion_auroc']['pooled']:.3f} | "
+            + " | ".join(f"{cells.get(k, float('nan')):.3f}" for k in
+                         ("marker=0,hardware=0", "marker=1,hardware=0", "marker=0,hardware=1", "marker=1,hardware=1"))
+            + f" | {r['marker']['effect_normal']:+.3f} ({r['marker']['auroc_normal']:.2f})"
+            f" | {r['hardware']['effect_normal']:+.3f} ({r['hardware']['auroc_normal']:.2f}) | {argmax} |")
+    return "\n".join(lines)
