@@ -47,7 +47,7 @@ def prepare_data(config, workdir) -> dict:
 def train(config, workdir) -> dict:
     from pcam_jax.training import loop
 
-    return loop.train_and_evaluate(config, workdir, stages_lib.NUMBERS)
+    return loop.train_and_evaluate(config, workdir, stages_lib.DEFAULT)
 
 
 def evaluate(config, workdir) -> dict:

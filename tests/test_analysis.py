@@ -78,7 +78,7 @@ def test_bad_images_and_methods_are_clear_errors(workdir):
         run.predict(np.full((1, 32, 32), 7.0, np.float32))
     with pytest.raises(ValueError, match="unknown map method"):
         run.maps(_images(1), method="saliency")
-    with pytest.raises(ValueError, match="stage-3"):
+    with pytest.raises(ValueError, match="decoder map needs a run of stage 3"):
         run.maps(_images(1), method="decoder")
 
 

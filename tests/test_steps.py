@@ -135,14 +135,26 @@ def _l2_of_mask_params(model, config, state, batch, stop_mask):
         _, mask = steps.attention_and_mask(features, p, (32, 32), config.stage2)
         if stop_mask:
             mask = jax.lax.stop_gradient(mask)
-        logits, _ = model.apply(variables, losses.masked_images(batch["image"], mask, "keep"), train=False)
+        logits = _masked_logits(model, variables, losses.masked_images(batch["image"], mask, "keep"),
+                                config.stage2.masked_batch_norm)
         return losses.attention_loss(logits, batch["label"], "keep", True, batch["valid"])
 
     return jax.jit(jax.grad(l2))(state["params"]["encoder"])
 
 
-def test_stage2_encoder_gets_gradient_from_l2_through_the_mask(setup, monkeypatch):
-    config, model, state = setup
+def _masked_logits(model, variables, images, masked_batch_norm):
+    """The masked pass as config.stage2.masked_batch_norm says: running or the batch's own statistics."""
+    if masked_batch_norm == "batch":
+        (logits, _), _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
+        return logits
+    return model.apply(variables, images, train=False)[0]
+
+
+@pytest.mark.parametrize("masked_batch_norm", ["batch", "running"])
+def test_stage2_encoder_gets_gradient_from_l2_through_the_mask(setup, monkeypatch, masked_batch_norm):
+    _, model, state = setup
+    config = configs.get_config("tiny")
+    config.stage2.masked_batch_norm = masked_batch_norm
     batch = device_batch(fake_batch(8))
     # (a) The mask path alone: L2 as a function of the encoder params that produce T(A), the
     # masked pass held fixed. Nonzero; exactly zero once the mask is stop-gradiented.
@@ -168,7 +180,8 @@ def optax_norm(tree):
     return float(jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))))
 
 
-def test_masked_pass_does_not_update_batch_stats_and_modes_differ(setup):
+@pytest.mark.parametrize("masked_batch_norm", ["batch", "running"])
+def test_masked_pass_does_not_update_batch_stats_and_modes_differ(setup, masked_batch_norm):
     _, model, state = setup
     batch = device_batch(fake_batch(8))
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
@@ -179,13 +192,14 @@ def test_masked_pass_does_not_update_batch_stats_and_modes_differ(setup):
     for mode in ("keep", "erase"):
         config = configs.get_config("tiny")
         config.stage2.mask_mode = mode
+        config.stage2.masked_batch_norm = masked_batch_norm
         _, aux = jax.jit(steps.make_loss_fn(2, config, model))(state["params"], state, batch)
         # batch_stats after the step's passes = after the plain pass alone: the masked pass adds no update
         assert _tree_max_diff(aux["batch_stats"], plain_only["batch_stats"]) < 1e-6
         l2[mode] = float(aux["metrics"]["l2"])
-    # independent L2 of each mode from the masked images, in eval mode (running statistics)
-    keep_logits, _ = model.apply(variables, batch["image"] * mask[..., None], train=False)
-    erase_logits, _ = model.apply(variables, batch["image"] * (1.0 - mask[..., None]), train=False)
+    # independent L2 of each mode from the masked images, normalised as configured
+    keep_logits = _masked_logits(model, variables, batch["image"] * mask[..., None], masked_batch_norm)
+    erase_logits = _masked_logits(model, variables, batch["image"] * (1.0 - mask[..., None]), masked_batch_norm)
     keep_p = np.asarray(jax.nn.softmax(keep_logits))[abnormal]
     erase_p = np.asarray(jax.nn.softmax(erase_logits))[abnormal]
     np.testing.assert_allclose(l2["keep"], np.mean(-np.log(keep_p[:, 1])), rtol=1e-4)
@@ -219,6 +233,21 @@ def test_stage3_step_from_stage2_trains_the_decoder(setup):
     assert not _tree_equal(s1["params"]["decoder"], s0["params"]["decoder"])
     with pytest.raises(ValueError, match="labelled_batch"):
         steps.make_train_step(3, config, model)(s0, device_batch(fake_batch(8)))
+
+
+def test_stage4_segmenter_learns_from_the_labelled_few_alone(setup):
+    config, model, state = setup
+    step = jax.jit(steps.make_train_step(4, config, model))
+    labelled = fake_batch(4, seed=3)
+    labelled["label"][:] = 1
+    labelled["has_mask"][:] = True
+    s1, m = step(state, device_batch(fake_batch(8)), device_batch(labelled))
+    m = {k: float(v) for k, v in m.items()}
+    assert m["l3"] > 0.0 and m["nonfinite"] == 0.0
+    np.testing.assert_allclose(m["loss"], config.stage3.l3_weight * m["l3"], rtol=1e-6)  # L3 alone
+    assert _tree_equal(s1["params"]["head"], state["params"]["head"])              # the head is frozen
+    assert not _tree_equal(s1["params"]["decoder"], state["params"]["decoder"])
+    assert not _tree_equal(s1["params"]["encoder"], state["params"]["encoder"])    # L3 trains the encoder
 
 
 def test_init_params_of_another_network_is_a_clear_error(setup):

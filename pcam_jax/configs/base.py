@@ -97,6 +97,10 @@ def get_config() -> ml_collections.ConfigDict:
                                       # pixels weigh alike (plain MSE collapses to 0 on small lesions)
     ))
 
+    c.stage4 = ml_collections.ConfigDict(dict(
+        num_epochs=10,                # the few-label segmenter baseline (--stages 4): L3 alone
+    ))
+
     c.train = ml_collections.ConfigDict(dict(
         log_every_steps=50,
         image_summary_every_steps=500,

@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.stage1.num_epochs = 1
     c.stage2.num_epochs = 1
     c.stage3.num_epochs = 1
+    c.stage4.num_epochs = 1
     c.train.log_every_steps = 2
     c.train.image_summary_every_steps = 4
     c.eval.pointing_tolerance = 2

@@ -35,7 +35,7 @@ from pcam_jax.training import checkpointing, stages as stages_lib
 # Figure 2 of the paper, done properly: image, mask, then these maps.
 FIGURE2_COLUMNS = {
     "stage1/cam": "CAM", "stage1/positive_cam": "positive CAM", "stage1/grad_cam": "Grad-CAM",
-    "stage2/positive_cam": "stage 2", "stage3/decoder": "stage 3",
+    "stage2/positive_cam": "stage 2", "stage3/decoder": "stage 3", "stage4/decoder": "few-label segmenter",
 }
 TEST_SPLIT = {"synthetic": "test", "mura": "valid"}
 SHORTCUT_NOTE = ("Counterfactual renders of `eval.shortcut_limbs` held-out synthetic limbs, each drawn with and "

@@ -300,7 +300,7 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
         checkpoints.close()
 
 
-def train_and_evaluate(config, workdir, stages: str | Iterable[int] = stages_lib.NUMBERS, *, data: DataSource | None = None,
+def train_and_evaluate(config, workdir, stages: str | Iterable[int] = stages_lib.DEFAULT, *, data: DataSource | None = None,
                        data_dir: str | None = None, mesh=None, reporter: reporting.Reporter | None = None,
                        on_step: Callable[[int, int], None] | None = None) -> dict[int, dict]:
     """Train ``stages`` in order in ``workdir`` (resuming whatever is there); {stage: summary}.

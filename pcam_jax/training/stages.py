@@ -9,6 +9,7 @@ loss term in `pcam_jax.training.steps`. The method behind each entry: docs/METHO
     1      L1                                      scratch                decoder   no        cam, positive_cam, grad_cam, ...
     2      (1 - lam) L1 + lam L2                   scratch | stage 1      decoder   no        positive_cam
     3      (1 - lam) L1 + lam L2 + lam' L3         stage 2 (enc + head)   -         yes       decoder, positive_cam
+    4      lam' L3 (the few-label segmenter)       scratch                head      yes       decoder
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class Stage:
     Attributes:
       number: 1, 2, 3; its settings are ``config[f"stage{number}"]`` (see `settings`).
       losses: the loss terms of `LOSS_TERMS` it optimises. With ``("l1",)`` alone the loss is
-        L1 (no confidence mixing); otherwise ``(1 - lambda) L1 + lambda L2 + lambda' L3``.
+        L1 (no confidence mixing), with ``("l3",)`` alone ``lambda' L3``; otherwise
+        ``(1 - lambda) L1 + lambda L2 + lambda' L3``.
       class_weighted_l1: L1 takes inverse-frequency class weights when the stage's config
         section says ``class_weighted`` (the MURA baseline's loss).
       frozen_parts: parts of ``params`` whose updates are zeroed (parts without a loss).
@@ -85,8 +87,13 @@ STAGES: dict[int, Stage] = {
     2: Stage(2, losses=("l1", "l2"), init_option="init_from"),
     3: Stage(3, losses=("l1", "l2", "l3"), frozen_parts=(), starts_from=2, needs_labelled=True,
              map_methods=(maps.DECODER, "positive_cam"), also_compared=(2,)),
+    # The fair baseline (Choe et al.): encoder + decoder trained on the labelled few alone, from
+    # scratch, with stage 3's lesion loss; never trained by default (`--stages 4`).
+    4: Stage(4, losses=("l3",), frozen_parts=("head",), needs_labelled=True,
+             map_methods=(maps.DECODER,), also_compared=(3,)),
 }
 NUMBERS = tuple(STAGES)
+DEFAULT = (1, 2, 3)  # the paper's three stages: what `pcam-jax train` and the demo run
 
 
 def get(number: int) -> Stage:

@@ -128,7 +128,12 @@ def make_loss_fn(stage: int | stages_lib.Stage, config: Any, model: PCAMNet) -> 
             l3 = losses.lesion_loss(lesion_map, labelled_batch["mask"],
                                     labelled_batch["has_mask"] & labelled_batch["valid"],
                                     balanced=balanced_l3)
-        loss = l1 if stage.losses == ("l1",) else losses.stage_loss(l1, l2, l3, lam, l3_weight)
+        if stage.losses == ("l1",):
+            loss = l1
+        elif stage.losses == ("l3",):  # the plain pass only keeps the BN statistics and metrics going
+            loss = l3_weight * l3
+        else:
+            loss = losses.stage_loss(l1, l2, l3, lam, l3_weight)
         aux = dict(batch_stats=updated["batch_stats"], accuracy_ema=accuracy_ema,
                    metrics=dict(l1=l1, l2=l2, l3=l3, accuracy=batch_accuracy, confidence=lam,
                                 accuracy_ema=accuracy_ema))
