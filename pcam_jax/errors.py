@@ -20,6 +20,7 @@ library user catches them like any exception. Importing this module costs nothin
 from __future__ import annotations
 
 import errno
+import os
 
 EXIT_OK, EXIT_TRAINING_STOPPED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_ENVIRONMENT = 0, 1, 2, 3, 4
 
@@ -107,11 +108,18 @@ EXIT_STATUSES: tuple[tuple[type[BaseException], int], ...] = (
 def environment_cause(error: BaseException) -> OSError | None:
     """The disk-full / permission OSError behind ``error`` (itself or a cause), if any.
 
-    Orbax and TensorFlow wrap the OSError of a failed write in their own exceptions."""
+    Orbax and TensorFlow wrap the OSError of a failed write in their own exceptions, and
+    TensorStore raises a ValueError that only names it (``RESOURCE_EXHAUSTED: ... No space
+    left on device [os_error_code='28']``): that one is returned as the OSError it names."""
     seen = 0
     while error is not None and seen < 16:
         if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
             return error
+        if not isinstance(error, OSError):
+            text = str(error)
+            for number in ENVIRONMENT_ERRNOS:
+                if os.strerror(number) in text or f"os_error_code='{number}'" in text:
+                    return OSError(number, os.strerror(number))
         error = error.__cause__ or error.__context__
         seen += 1
     return None

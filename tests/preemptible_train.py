@@ -4,7 +4,7 @@
 
 The real command path (flag parsing, signal handlers, error-to-status mapping) runs; only
 `loop.PipelineData` is replaced by `test_loop.FakeData`, whose train batches each take
-``SECONDS_PER_STEP``, so that a test's signal lands mid-stage. Compiled like the in-process
+``SECONDS_PER_STEP``, so that a test's signal lands mid-stage, and TensorBoard is off. Compiled like the in-process
 tests (no project XLA flags, most optimisations off), so its results equal theirs bit for bit.
 """
 
@@ -19,7 +19,7 @@ import jax  # noqa: E402
 jax.config.update("jax_disable_most_optimizations", True)
 
 from pcam_jax import cli  # noqa: E402
-from pcam_jax.training import loop  # noqa: E402
+from pcam_jax.training import loop, reporting  # noqa: E402
 from tests.test_loop import FakeData  # noqa: E402
 
 
@@ -33,7 +33,15 @@ class SlowData(FakeData):
             yield batch
 
 
+class NoTensorBoard(reporting.Reporter):
+    """TensorBoard would import TensorFlow: seconds of start-up, and no part of what is tested."""
+
+    def __init__(self, workdir, **kwargs):
+        super().__init__(workdir, tensorboard=False, **kwargs)
+
+
 if __name__ == "__main__":
     PACE = float(sys.argv[1])
     loop.PipelineData = SlowData
+    reporting.Reporter = NoTensorBoard
     cli.main(["pcam-jax", "train", *sys.argv[2:]])

@@ -127,6 +127,7 @@ def test_evaluation_and_load_fall_back_to_the_newest_intact_checkpoint(reference
     # "best" ranks end-of-epoch checkpoints (6 and 12; 12 is now gone): step 6.
     _, _, meta = checkpointing.restore_for_eval(tmp_path / "run", 1, "best")
     assert meta["step"] == 6
+    assert pcam_jax.load(tmp_path / "run", stage=1, which=2).step == 2
     _truncated_array_file(stage / "4")
     with pytest.raises(errors.CheckpointError, match="holds no intact checkpoint of step 4"):
         pcam_jax.load(tmp_path / "run", stage=1, which=4)
@@ -154,7 +155,7 @@ def test_a_config_mismatch_is_not_mistaken_for_damage(reference, tmp_path):
 
 def _command(workdir):
     flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-    return [sys.executable, str(REPO / "tests" / "preemptible_train.py"), "0.4", "--config", "tiny",
+    return [sys.executable, str(REPO / "tests" / "preemptible_train.py"), "0.3", "--config", "tiny",
             "--workdir", str(workdir), "--stages", "1", f"--data_dir={workdir / 'data'}", *flags]
 
 
@@ -165,60 +166,75 @@ def _logged_steps(workdir):
     return [json.loads(line)["step"] for line in path.read_text().splitlines() if '"train"' in line]
 
 
-def _signal_after(workdir, signum, after_step, timeout=240):
-    """Start the command, send ``signum`` once a record of a step past ``after_step`` is logged."""
+def _run(workdir, signum=None, after_step=0, timeout=300):
+    """Run the command; send ``signum`` once a step past ``after_step`` is logged. (status, stdout, stderr)"""
     process = subprocess.Popen(_command(workdir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
+    while signum is not None and time.monotonic() < deadline and process.poll() is None:
         if any(step > after_step for step in _logged_steps(workdir)):
             process.send_signal(signum)
             break
         time.sleep(0.05)
     out, err = process.communicate(timeout=timeout)
-    return process.returncode, err
+    return process.returncode, out, err
 
 
-def test_sigterm_and_sigint_save_and_the_resumed_run_is_bit_identical(reference, tmp_path):
+def test_sigterm_saves_the_step_and_the_resumed_run_is_bit_identical(reference, tmp_path):
     workdir = tmp_path / "run"
-    code, err = _signal_after(workdir, signal.SIGTERM, after_step=2)
+    code, _, err = _run(workdir, signal.SIGTERM, after_step=2)
     assert code == errors.EXIT_INTERRUPTED, err[-3000:]
     final = err.strip().splitlines()[-1]
     assert final.startswith("pcam-jax train: SIGTERM: stopped at step ") and "Traceback" not in err
     stopped = int(final.split("stopped at step ")[1].split()[0])
     assert 2 < stopped < 12
-    assert f"checkpoint saved in {checkpointing.stage_directory(workdir, 1) / str(stopped)}; " \
-           "re-run the same command to resume" in final
-    assert checkpointing.StageCheckpoints(workdir, 1, read_only=True).latest_step() == stopped
+    assert final.endswith(f"checkpoint saved in {checkpointing.stage_directory(workdir, 1) / str(stopped)}; "
+                          "re-run the same command to resume")
+    checkpoints = checkpointing.StageCheckpoints(workdir, 1, read_only=True)
+    assert checkpoints.latest_step() == stopped
+    checkpoints.close()
 
-    code, err = _signal_after(workdir, signal.SIGINT, after_step=stopped + 1)   # Ctrl-C
-    assert code == errors.EXIT_INTERRUPTED, err[-3000:]
-    assert "SIGINT: stopped at step" in err and "KeyboardInterrupt" not in err
-    code, err = _signal_after(workdir, signal.SIGTERM, after_step=99)   # runs to the end
+    code, out, err = _run(workdir)   # the same command again
     assert code == 0, err[-3000:]
+    assert f"stage 1: resuming from step {stopped}" in out
     assert_same_run(workdir, reference)
+    # The command stored the data dir it resolved; `evaluate` without --data_dir reads that one.
+    from pcam_jax.data import resolve_data_dir
+
+    config, _, _ = checkpointing.restore_for_eval(workdir, 1, "best")
+    assert config.data.data_dir == str(workdir / "data") == resolve_data_dir(config, None)
 
 
-def test_a_second_signal_stops_at_once(tmp_path):
-    script = ("import os, signal, sys, time\n"
-              "from pcam_jax.training import guards\n"
-              "with guards.StopOnSignals() as stop:\n"
-              "    print('ready', flush=True)\n"
-              "    while not stop(): time.sleep(0.01)\n"
-              "    print('asked', stop.signal_name, flush=True)\n"
-              "    time.sleep(60)\n")
-    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
+SIGNAL_SCRIPT = """
+import time
+from pcam_jax.training import guards
+with guards.StopOnSignals() as stop:
+    print('ready', flush=True)
+    while not stop():
+        time.sleep(0.01)
+    print('asked', stop.signal_name, flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_the_first_signal_asks_to_stop_and_a_second_stops_at_once(signum):
+    process = subprocess.Popen([sys.executable, "-c", SIGNAL_SCRIPT], cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert process.stdout.readline().strip() == "ready"
-    process.send_signal(signal.SIGTERM)
-    assert process.stdout.readline().strip() == "asked SIGTERM"
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=20) == -signal.SIGTERM   # killed by the signal, not after 60 s
-    # and the handlers are the previous ones again after the block
-    before = signal.getsignal(signal.SIGTERM)
-    with guards.StopOnSignals():
-        assert signal.getsignal(signal.SIGTERM) != before
-    assert signal.getsignal(signal.SIGTERM) == before
+    process.send_signal(signum)          # Ctrl-C sends SIGINT: a request, no KeyboardInterrupt
+    assert process.stdout.readline().strip() == f"asked {signal.Signals(signum).name}"
+    process.send_signal(signum)
+    assert process.wait(timeout=30) == -signum   # killed by the signal, not after 60 s
+    err = process.stderr.read()
+    assert "finishing the step in flight" in err and "KeyboardInterrupt" not in err and "Traceback" not in err
+
+
+def test_signal_handlers_are_restored():
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with guards.StopOnSignals() as stop:
+        assert signal.getsignal(signal.SIGTERM) != before[0] and not stop()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
 # -- divergence -----------------------------------------------------------------------------------
@@ -272,3 +288,51 @@ def test_environment_errors_have_their_own_status_and_one_line():
     assert errors.exit_status(PermissionError(errno.EACCES, "Permission denied", "/w")) == errors.EXIT_ENVIRONMENT
     assert errors.exit_status(FileNotFoundError(errno.ENOENT, "No such file", "/w")) == errors.EXIT_BAD_INPUT
     assert errors.exit_status(KeyError("a bug")) is None
+
+
+def test_an_unknown_config_field_is_one_line_naming_the_field_and_its_siblings(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pcam_jax.cli", "train", "--config", "tiny", "--workdir",
+                             str(tmp_path), "--config.model.widht=1"], cwd=REPO, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == errors.EXIT_BAD_INPUT
+    assert result.stderr.strip().splitlines() == [
+        "pcam-jax train: --config.model.widht=1: config.model has no field 'widht'; did you mean "
+        "config.model.widths? its fields: blocks, conv_impl, decoder_widths, dtype, input_mean, input_std, "
+        "num_classes, pool_impl, stem_width, strides, widths (all fields and defaults: pcam_jax/configs/base.py)"]
+
+
+def test_config_override_problem_for_a_section_and_a_nested_field():
+    from pcam_jax import cli
+
+    assert cli._config_override_problem(KeyError("'modl'\nDid you mean \"model\"?"), ["--config.modl.widths=1"]) \
+        .startswith("--config.modl.widths=1: config has no field 'modl'; did you mean config.model?")
+    assert cli._config_override_problem(AttributeError("'x'"), ["--workdir=w"]) is None
+
+
+def test_maps_names_a_folder_without_images(tmp_path):
+    from pcam_jax.cli.maps import image_paths
+
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(FileNotFoundError, match=f"no images in the folder {tmp_path} "):
+        image_paths([str(tmp_path)])
+    assert errors.exit_status(FileNotFoundError()) == errors.EXIT_BAD_INPUT
+
+
+def test_a_box_with_negative_width_is_called_so():
+    from pcam_jax.data.lesions import box_mask
+
+    with pytest.raises(ValueError, match=r"labels.csv line 2: box \(5, 1, 3, 4\) has a negative width \(x1 3 < x0 5\)"):
+        box_mask((5, 1, 3, 4), 8, 8, "labels.csv line 2")
+    with pytest.raises(ValueError, match=r"negative height \(y1 1 < y0 4\)"):
+        box_mask((1, 4, 3, 1), 8, 8, "w")
+    np.testing.assert_array_equal(box_mask((1, 2, 3, 4), 5, 5, "w").sum(), 4)   # 2 x 2 pixels
+
+
+def test_metrics_jsonl_drops_only_the_records_of_steps_re_run(tmp_path):
+    from pcam_jax.training import reporting
+
+    path = tmp_path / "metrics.jsonl"
+    records = [{"stage": 1, "step": 6}, {"stage": 2, "step": 2}, {"stage": 2, "step": 4}, {"stage": 2, "step": 6}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"stage": 2, "st')   # cut by a kill
+    assert reporting.drop_records_after(path, stage=2, step=2) == 3
+    assert [json.loads(line) for line in path.read_text().splitlines()] == records[:2]

@@ -91,6 +91,15 @@ def _want_traceback(argv: list[str] | None = None) -> bool:
     return False
 
 
+def _quiet_unraisable(hook):
+    """After a failed Orbax save (disk full), TensorStore's callbacks still call into the save
+    thread's closed event loop; Python reports each as 'Exception ignored': drop those."""
+    def quiet(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+            hook(unraisable)
+    return quiet
+
+
 def _fail(name: str, message: str, status: int):
     print(f"pcam-jax {name}: {message}", file=sys.stderr, flush=True)
     sys.exit(status)
@@ -102,6 +111,8 @@ def run_command(name: str, command_main, argv: list[str]):
     from pcam_jax.training import mesh
 
     quiet_logs()
+    if not _want_traceback():
+        sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
     try:
         mesh.maybe_initialize_distributed()
         return command_main(argv)
