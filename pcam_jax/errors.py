@@ -14,6 +14,7 @@ library user catches them like any exception. Importing this module costs nothin
             the step in flight and wrote a checkpoint; re-run the same command to resume
     4       environment: disk full, quota, read-only file system or permission denied while
             writing or reading the work directory; free space / fix permissions and re-run
+    130     Ctrl-C in a command with nothing to save (evaluate, maps, prepare)
     (a second SIGTERM/SIGINT ends the process at once, killed by that signal: 143 / 130 in a shell)
 """
 
