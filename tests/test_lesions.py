@@ -119,7 +119,7 @@ def test_png_folder_mirrors_image_paths(tmp_path):
     (f"{A},0,0,9,2", "outside"),
     (f"{A},-1,0,2,2", "outside"),
     (f"{A},3,1,3,4", "zero area"),
-    (f"{A},5,1,2,4", "zero area"),
+    (f"{A},5,1,2,4", "negative width"),
     (f"{A},0,0,two,2", "must be numbers"),
 ])
 def test_csv_bad_rows_name_file_and_line(tmp_path, row, message):

@@ -16,11 +16,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def image_paths(arguments) -> list[pathlib.Path]:
+    """The files named, and the images found under each folder named (a folder with none is an error)."""
     paths = []
     for arg in arguments:
         path = pathlib.Path(arg)
         if path.is_dir():
-            paths += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"no images in the folder {path} (searched it and its subfolders for "
+                                        f"{', '.join('*' + s for s in IMAGE_SUFFIXES)}); name image files or "
+                                        "a folder that holds some")
+            paths += found
         else:
             paths.append(path)
     return paths
@@ -50,7 +56,11 @@ def main(argv):
         raise ValueError("--workdir and --out are required")
     method = flags.METHOD.value
     if method not in METHODS:
-        raise ValueError(f"unknown --method {method!r}; choose from {', '.join(METHODS)}")
+        import difflib
+
+        close = difflib.get_close_matches(method, METHODS, n=1)
+        raise ValueError(f"unknown --method {method!r}; " + (f"did you mean {close[0]}? " if close else "")
+                         + f"choose from {', '.join(METHODS)}")
     paths = image_paths(argv[1:])
     if not paths:
         raise ValueError("give one or more images (PNG/JPEG) or folders after the flags")

@@ -108,6 +108,11 @@ def get_config() -> ml_collections.ConfigDict:
         keep_checkpoints=2,
         best_metric="auroc",          # model-selection metric kept as the "best" checkpoint
         best_mode="max",
+        # Divergence guard (pcam_jax/training/guards.py), 0 turns a check off: stop when a step's
+        # loss exceeds this factor times its running median (over divergence_window steps) ...
+        divergence_loss_factor=100.0,
+        divergence_window=50,
+        divergence_norm_growth=1000.0,  # ... or the parameter norm this factor times its start
     ))
 
     c.eval = ml_collections.ConfigDict(dict(

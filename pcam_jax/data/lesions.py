@@ -58,6 +58,10 @@ def _unknown_image(where: str, path: str, image_sizes: ImageSizes) -> ValueError
 def box_mask(box, height: int, width: int, where: str) -> np.ndarray:
     """uint8 (H, W): 1 on pixels whose centre lies in the box (x0, y0, x1, y1)."""
     x0, y0, x1, y1 = (float(v) for v in box)
+    if x1 < x0 or y1 < y0:
+        side, lo = ("width", f"x1 {x1:g} < x0 {x0:g}") if x1 < x0 else ("height", f"y1 {y1:g} < y0 {y0:g}")
+        raise ValueError(f"{where}: box {box} has a negative {side} ({lo}); boxes are corners (x0, y0, x1, y1) "
+                         "with x0 < x1 and y0 < y1 (a COCO bbox is x, y, width, height, both positive).")
     if min(x0, y0) < 0 or x1 > width or y1 > height:
         raise ValueError(f"{where}: box {box} lies outside its {width}x{height} (W x H) image; "
                          "coordinates are pixels from the top-left corner, x0 < x1 <= width.")

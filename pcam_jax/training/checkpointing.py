@@ -14,6 +14,11 @@ among the latest ``config.train.keep_checkpoints`` OR it is the best one by
 (mid-epoch ones, from ``train.checkpoint_every_steps``, do not), so "best" is always an
 end-of-epoch checkpoint, and the latest one is always there to resume from.
 
+A checkpoint that fails to restore (a file missing or truncated, an empty step directory) is
+reported by step and path on stderr, moved aside to ``stage{N}/damaged/<step>-<time>/`` (never
+deleted) and the next one is tried (`StageCheckpoints.first_intact`): training resumes from,
+and evaluation and `pcam_jax.load` read, the newest intact checkpoint.
+
 Resume is checked, not trusted: `config_differences` compares the saved config with the
 current one (the sections that change what a checkpoint means) and `check_compatible`
 raises `ConfigMismatchError` naming every differing field.
@@ -21,11 +26,15 @@ raises `ConfigMismatchError` naming every differing field.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import pathlib
-from typing import Any, Mapping
+import sys
+import time
+from typing import Any, Callable, Mapping
 
 import jax
 import ml_collections
@@ -33,7 +42,7 @@ from absl import logging as absl_logging
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_policies
 
-from pcam_jax.errors import CheckpointError, ConfigMismatchError
+from pcam_jax.errors import CheckpointError, ConfigMismatchError, StorageError, describe_os_error, environment_cause
 from pcam_jax.training import stages as stages_lib
 
 # Fields that may change between a run and its resumption without changing what the
@@ -66,6 +75,62 @@ class _DropOrbaxNoise(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_DropOrbaxNoise())
+
+
+class _DropEnvironmentTracebacks(logging.Filter):
+    """A disk-full / permission error in Orbax's background save thread is logged with its
+    traceback there, then re-raised in the loop, which turns it into one line (`StorageError`):
+    drop the log record (``PCAM_JAX_TRACEBACK=1`` keeps it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None or os.environ.get("PCAM_JAX_TRACEBACK", "") not in ("", "0"):
+            return True
+        return environment_cause(error) is None
+
+
+absl_logging.get_absl_logger().addFilter(_DropEnvironmentTracebacks())
+
+
+DAMAGED = "damaged"   # stage{N}/damaged/<step>-<time>/: checkpoints that failed to restore
+
+
+def _is_damage(error: Exception) -> bool:
+    """Whether a failed restore means the checkpoint's files are bad (not the config, the disk
+    or the machine)."""
+    if isinstance(error, (ConfigMismatchError, MemoryError)) or environment_cause(error) is not None:
+        return False
+    text = str(error).lower()
+    return not any(sign in text for sign in ("resource_exhausted", "out of memory"))  # the device's, not the files'
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200] if text else ''}"
+
+
+@contextlib.contextmanager
+def _storage_errors(checkpoints: "StageCheckpoints", doing: str):
+    """Disk full / permission denied while ``doing`` -> `StorageError` naming the directory and
+    the newest complete checkpoint (a save cut short is never used: Orbax writes into a
+    temporary directory and renames it when done)."""
+    try:
+        yield
+    except Exception as error:
+        cause = environment_cause(error)
+        if cause is None or isinstance(error, StorageError):
+            raise
+        kept = checkpoints.manager.latest_step()
+        kept = (f"the checkpoint of step {kept} is complete" if kept is not None
+                else "no checkpoint of this stage is complete")
+        raise StorageError(describe_os_error(cause, f"{doing} in {checkpoints.directory} ({kept})")) from error
+
+
+def _item_handlers() -> dict:
+    """The handlers of the two items, given up front: with only their names, a manager that has
+    not saved yet answers `item_metadata` with None, and a restore then falls back to the
+    devices the checkpoint was saved on (and fails on a machine with other devices)."""
+    return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
 
 
 def stage_directory(workdir: str | pathlib.Path, stage: int) -> pathlib.Path:
@@ -160,12 +225,18 @@ class StageCheckpoints:
         ])
         options = ocp.CheckpointManagerOptions(
             preservation_policy=None if read_only else policy, best_fn=metric_of, best_mode=best_mode,
-            read_only=read_only, create=not read_only)
+            read_only=read_only, create=not read_only,
+            cleanup_tmp_directories=not read_only)   # the remains of a save a kill cut short
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"no stage {stage} checkpoints: {self.directory} does not exist "
                                   f"(train it with `pcam-jax train --stages {stage} ...`)")
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "meta"))
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                                 item_handlers=_item_handlers())
+        except OSError as error:
+            if environment_cause(error) is None:
+                raise
+            raise StorageError(describe_os_error(error, f"opening {self.directory}")) from error
 
     @classmethod
     def from_config(cls, workdir, stage: int, config) -> "StageCheckpoints":
@@ -187,9 +258,43 @@ class StageCheckpoints:
                 raise KeyError(f"config.train.best_metric={self.best_metric!r} is not among the "
                                f"evaluation metrics {sorted(metrics)}")
             metrics = {k: float(v) for k, v in metrics.items()}
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))),
-            metrics=metrics, force=True)
+        with _storage_errors(self, f"saving a stage {self.stage} checkpoint (step {step} or the one before)"):
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))),
+                metrics=metrics, force=True)
+
+    def first_intact(self, pick: Callable[[], int | None], load: Callable[[int], Any]) -> tuple[int | None, Any]:
+        """``(step, load(step))`` for the step ``pick()`` names (e.g. ``self.latest_step``).
+
+        A step whose ``load`` fails because its files are bad is reported (step, path, cause),
+        moved to ``damaged/`` and ``pick`` asked again; ``(None, None)`` when none is left.
+        Errors of the config (`ConfigMismatchError`) or the machine (disk, permissions) raise.
+        """
+        while (step := pick()) is not None:
+            try:
+                return step, load(step)
+            except Exception as error:  # noqa: BLE001 - Orbax, TensorStore and JSON errors alike
+                if not _is_damage(error):
+                    raise
+                self._set_aside(step, error)
+        return None, None
+
+    def _set_aside(self, step: int, error: Exception) -> None:
+        source = self.directory / str(step)
+        target = self.directory / DAMAGED / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            target.parent.mkdir(exist_ok=True)
+            os.replace(source, target)
+        except FileNotFoundError:
+            pass   # another process moved it already
+        except OSError as move_error:
+            raise CheckpointError(
+                f"stage {self.stage} checkpoint step {step} ({source}) cannot be restored ({_first_line(error)}) "
+                f"and cannot be moved aside ({move_error.strerror}): move it out of {self.directory} "
+                "and re-run to use the previous one") from error
+        print(f"pcam-jax: stage {self.stage} checkpoint step {step} ({source}) cannot be restored "
+              f"({_first_line(error)}); moved to {target}, trying the previous one", file=sys.stderr, flush=True)
+        self.manager.reload()
 
     def read_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -218,24 +323,39 @@ class StageCheckpoints:
         return {"params": restored["state"]["params"], "batch_stats": restored["state"]["batch_stats"]}
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with _storage_errors(self, f"saving a stage {self.stage} checkpoint"):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.close()
+        with _storage_errors(self, f"saving a stage {self.stage} checkpoint"):
+            self.manager.close()
 
 
-def _select_step(checkpoints: StageCheckpoints, which: str | int) -> int:
+def _picker(checkpoints: StageCheckpoints, which: str | int) -> Callable[[], int | None]:
+    """The step ``which`` ("best", "latest" or a step number) names now; None when none is left."""
     if isinstance(which, int):
-        if which not in checkpoints.manager.all_steps():
-            raise CheckpointError(f"no step {which} in {checkpoints.directory}; "
-                                  f"available: {checkpoints.manager.all_steps()}")
-        return which
+        steps = checkpoints.manager.all_steps()
+        if which not in steps:
+            raise CheckpointError(f"no step {which} in {checkpoints.directory}; available: {sorted(steps)} "
+                                  "(--which best, latest or one of these)")
+        return lambda: which if which in checkpoints.manager.all_steps() else None
     if which not in ("best", "latest"):
         raise ValueError(f"which must be 'best', 'latest' or a step number, got {which!r}")
-    step = checkpoints.best_step() if which == "best" else checkpoints.latest_step()
-    if step is None:
-        raise CheckpointError(f"{checkpoints.directory} holds no checkpoint")
-    return step
+    return checkpoints.best_step if which == "best" else checkpoints.latest_step
+
+
+def intact_variables(checkpoints: StageCheckpoints, which: str | int, sharding) -> tuple[int, dict, dict]:
+    """``(step, variables, meta)`` of the newest intact checkpoint ``which`` names (damaged
+    ones are moved aside, see `StageCheckpoints.first_intact`); `CheckpointError` if none is."""
+    step, loaded = checkpoints.first_intact(
+        _picker(checkpoints, which), lambda s: (checkpoints.restore_variables(s, sharding), checkpoints.read_meta(s)))
+    if loaded is None:
+        damaged = checkpoints.directory / DAMAGED
+        raise CheckpointError(
+            f"{checkpoints.directory} holds no intact checkpoint" + (f" of step {which}" if isinstance(which, int) else "")
+            + (f" (damaged ones are in {damaged})" if damaged.is_dir() else "")
+            + f": train stage {checkpoints.stage} (`pcam-jax train --stages {checkpoints.stage} ...`)")
+    return step, *loaded
 
 
 def restore_for_eval(workdir, stage: int, which: str | int = "best"
@@ -244,21 +364,21 @@ def restore_for_eval(workdir, stage: int, which: str | int = "best"
 
     ``variables = {"params", "batch_stats"}`` on the first local device; the config is the
     one stored in the checkpoint (so it rebuilds the right network); ``which`` is "best"
-    (by the run's own ``config.train.best_metric``), "latest" or a step.
+    (by the run's own ``config.train.best_metric``), "latest" or a step. A checkpoint that
+    fails to restore is moved aside and the next one of that kind used.
     """
     checkpoints = StageCheckpoints(workdir, stage, read_only=True)
     try:
-        latest = _select_step(checkpoints, "latest")
-        train = checkpoints.read_meta(latest)["config"].get("train", {})
-        if (train.get("best_metric", "auroc"), train.get("best_mode", "max")) != (
-                checkpoints.best_metric, checkpoints.best_mode):
-            checkpoints.close()  # rank "best" by the metric the run itself used
-            checkpoints = StageCheckpoints(workdir, stage, read_only=True, best_metric=train["best_metric"],
-                                           best_mode=train["best_mode"])
-        step = _select_step(checkpoints, which)
-        meta = checkpoints.read_meta(step)
+        _, latest_meta = checkpoints.first_intact(checkpoints.latest_step, checkpoints.read_meta)
+        if latest_meta is not None:
+            train = latest_meta["config"].get("train", {})
+            if (train.get("best_metric", "auroc"), train.get("best_mode", "max")) != (
+                    checkpoints.best_metric, checkpoints.best_mode):
+                checkpoints.close()  # rank "best" by the metric the run itself used
+                checkpoints = StageCheckpoints(workdir, stage, read_only=True, best_metric=train["best_metric"],
+                                               best_mode=train["best_mode"])
         device = jax.local_devices()[0]
-        variables = checkpoints.restore_variables(step, jax.sharding.SingleDeviceSharding(device))
+        _, variables, meta = intact_variables(checkpoints, which, jax.sharding.SingleDeviceSharding(device))
     finally:
         checkpoints.close()
     return ml_collections.ConfigDict(meta["config"]), variables, meta

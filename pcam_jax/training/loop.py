@@ -14,7 +14,13 @@ between stages (losses, starting point, frozen parts, the labelled stream) is re
   the next batch sharded onto the devices while the current step runs;
 - every ``train.log_every_steps`` (and at epoch ends) the metrics of the interval come to the
   host in one transfer: the only host syncs of the step loop; a NaN/Inf loss stops the run
-  with `NonFiniteLossError` naming the first bad step, before anything is saved;
+  with `NonFiniteLossError` naming the first bad step, before anything is saved; so does a
+  loss far above its running median or a runaway parameter norm (`DivergenceError`, see
+  `pcam_jax.training.guards`);
+- a stop request (``should_stop()``, e.g. a SIGTERM) is read after each step: the step is
+  finished, a checkpoint saved, and `Interrupted` raised;
+- a checkpoint that fails to restore is moved aside and the previous one used
+  (`checkpointing.StageCheckpoints.first_intact`);
 - at each epoch end: evaluation on the model-selection split (image-level classification
   metrics; its accuracy is the "validation" confidence source), then a checkpoint ranked by
   ``train.best_metric``. Mid-epoch checkpoints every ``train.checkpoint_every_steps``.
@@ -30,10 +36,10 @@ import jax
 import numpy as np
 
 from pcam_jax import models
-from pcam_jax.errors import NonFiniteLossError
+from pcam_jax.errors import DivergenceError, Interrupted, NonFiniteLossError
 from pcam_jax.data import DEVICE_KEYS, resolve_data_dir
 from pcam_jax.metrics.classification import classification_metrics
-from pcam_jax.training import checkpointing, mesh as mesh_lib, reporting, stages as stages_lib
+from pcam_jax.training import checkpointing, guards, mesh as mesh_lib, reporting, stages as stages_lib
 from pcam_jax.training import state as state_lib, steps
 
 # What `jax_disable_most_optimizations` sets, for programs that run once.
@@ -169,7 +175,7 @@ def initial_state(stage: int, config, model, rng: jax.Array, workdir, mesh=None)
         try:
             sharding = (mesh_lib.replicated(mesh) if mesh is not None
                         else jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-            previous = previous_run.restore_variables(previous_run.best_step(), sharding)
+            _, previous, _ = checkpointing.intact_variables(previous_run, "best", sharding)
         finally:
             previous_run.close()
     create = _state_factory(config, model, carried_parts=spec.carried_parts if source is not None else ())
@@ -187,12 +193,20 @@ def abstract_state(config, model, mesh) -> dict:
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
+@jax.jit
+def _params_norm(params) -> jax.Array:
+    """Global L2 norm of a parameter tree (the divergence guard's second signal)."""
+    return jax.numpy.sqrt(sum(jax.numpy.sum(jax.numpy.square(x.astype(jax.numpy.float32)))
+                              for x in jax.tree.leaves(params)))
+
+
 def _stage_seed(config, stage: int) -> int:
     return 1000 * int(config.seed) + stage
 
 
 def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: reporting.Reporter,
-                *, on_step: Callable[[int, int], None] | None = None) -> dict:
+                *, on_step: Callable[[int, int], None] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> dict:
     """Train (or resume, or skip) one stage; returns its summary (step, epoch, eval metrics, seconds)."""
     started = time.perf_counter()
     spec = stages_lib.get(stage)
@@ -208,10 +222,15 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
     model = models.create_model(config.model)
     checkpoints = checkpointing.StageCheckpoints.from_config(workdir, stage, config)
     try:
-        latest = checkpoints.latest_step()
-        if latest is not None:
-            saved = checkpoints.read_meta(latest)
+        def restore_checked(step):
+            saved = checkpoints.read_meta(step)
             checkpointing.check_compatible(saved["config"], config_json, stage, checkpoints.directory)
+            return checkpoints.restore(abstract_state(config, model, mesh), step)
+
+        # The newest checkpoint that restores (each one that does not is moved aside).
+        latest, restored = checkpoints.first_intact(checkpoints.latest_step, restore_checked)
+        if latest is not None:
+            state, saved = restored
             if latest >= total_steps:
                 reporter.message(f"stage {stage}: finished at step {latest} (checkpoint in "
                                  f"{checkpoints.directory}); skipping")
@@ -223,8 +242,7 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
         if latest is None:
             state = initial_state(stage, config, model, rng, workdir, mesh)
         else:
-            state, meta = checkpoints.restore(abstract_state(config, model, mesh), latest)
-            start = int(meta["data_position"])
+            start = int(saved["data_position"])
             reporter.message(f"stage {stage}: resuming from step {start} ({checkpoints.directory})")
 
         train_step = mesh_lib.jit_train_step(steps.make_train_step(spec, config, model), mesh, state)
@@ -237,6 +255,9 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
                     if spec.needs_labelled else None)
 
         pending: list[tuple[int, dict]] = []   # (step, device metrics) not yet checked
+        guard = guards.DivergenceGuard.from_config(config.train)
+        guard.check_norm(float(_params_norm(state["params"])))   # the reference: the starting norm
+        last_saved = start
         last_eval = None
         interval_start, interval_steps = time.perf_counter(), 0
 
@@ -249,10 +270,18 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
                 if values.get("nonfinite", 0.0) > 0 or not np.isfinite(values["loss"]):
                     checkpoints.wait()
                     raise NonFiniteLossError(stage, step, checkpoints.latest_step(), checkpoints.directory)
+                reason = guard.update(step, float(values["loss"]))
+                if reason is None and step == pending[-1][0]:
+                    reason = guard.check_norm(float(_params_norm(state["params"])))
+                if reason is not None:
+                    checkpoints.wait()
+                    raise DivergenceError(stage, step, checkpoints.latest_step(), checkpoints.directory, reason)
             pending.clear()
             return reporting.mean_metrics(fetched)
 
         def save(done: int, metrics: dict | None) -> None:
+            nonlocal last_saved
+            last_saved = done
             confidence = _host_confidence(state)
             meta = {"stage": stage, "step": done, "epoch": done // steps_per_epoch, "steps_per_epoch": steps_per_epoch,
                     "total_steps": total_steps, "data_position": done, "labelled_position": done if spec.needs_labelled else 0,
@@ -290,6 +319,13 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
                 save(done, None)
             if on_step is not None:
                 on_step(stage, done)
+            if should_stop is not None and should_stop() and done < total_steps:
+                if last_saved != done:
+                    check_pending()   # never save a state that has seen a non-finite loss
+                    save(done, None)
+                checkpoints.wait()
+                raise Interrupted(stage, done, checkpoints.directory / str(done),
+                                  getattr(should_stop, "signal_name", "") or "stop requested")
         checkpoints.wait()
         reporter.end_stage()
         return {"stage": stage, "step": total_steps, "epoch": num_epochs, "eval": last_eval,
@@ -302,7 +338,8 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
 
 def train_and_evaluate(config, workdir, stages: str | Iterable[int] = stages_lib.DEFAULT, *, data: DataSource | None = None,
                        data_dir: str | None = None, mesh=None, reporter: reporting.Reporter | None = None,
-                       on_step: Callable[[int, int], None] | None = None) -> dict[int, dict]:
+                       on_step: Callable[[int, int], None] | None = None,
+                       should_stop: Callable[[], bool] | None = None) -> dict[int, dict]:
     """Train ``stages`` in order in ``workdir`` (resuming whatever is there); {stage: summary}.
 
     Args:
@@ -313,6 +350,8 @@ def train_and_evaluate(config, workdir, stages: str | Iterable[int] = stages_lib
       data: a `DataSource`; default `PipelineData` over the TFDS dataset in ``data_dir``.
       mesh: default `mesh.make_mesh()` over all devices.
       on_step: ``on_step(stage, step)`` after each step is dispatched (tests use it to interrupt).
+      should_stop: read after each step; when true the step is saved and `Interrupted` raised
+        (`guards.StopOnSignals.stop_requested`; its ``signal_name`` attribute names the cause).
     """
     stages = stages_lib.parse(stages)
     for spec in stages_lib.STAGES.values():  # a bad setting of any stage fails before stage 1 trains
@@ -323,8 +362,15 @@ def train_and_evaluate(config, workdir, stages: str | Iterable[int] = stages_lib
     own_reporter = reporter is None
     reporter = reporting.Reporter(workdir) if own_reporter else reporter
     try:
-        return {stage: train_stage(stage, config, workdir, data, mesh, reporter, on_step=on_step)
-                for stage in stages}
+        results = {}
+        for stage in stages:
+            if should_stop is not None and should_stop() and results:  # asked between two stages
+                done, last = list(results.items())[-1]
+                raise Interrupted(done, last["step"], checkpointing.stage_directory(workdir, done) / str(last["step"]),
+                                  getattr(should_stop, "signal_name", "") or "stop requested")
+            results[stage] = train_stage(stage, config, workdir, data, mesh, reporter, on_step=on_step,
+                                         should_stop=should_stop)
+        return results
     finally:
         if own_reporter:
             reporter.close()

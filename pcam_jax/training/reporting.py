@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import time
 from typing import Mapping
@@ -53,6 +54,30 @@ def mean_metrics(records: list[Mapping[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in records])) for k in records[0]}
 
 
+def drop_records_after(jsonl_path: pathlib.Path, stage: int, step: int) -> int:
+    """Removes the records of ``stage`` with a step above ``step`` from a metrics.jsonl (kept in
+    order, rewritten atomically); returns how many were removed. A line that is not JSON (a
+    write cut short by a kill) is dropped too."""
+    if not jsonl_path.is_file():
+        return 0
+    kept, removed = [], 0
+    for line in jsonl_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            removed += 1
+            continue
+        if record.get("stage") == stage and int(record.get("step", 0)) > step:
+            removed += 1
+        else:
+            kept.append(line)
+    if removed:
+        partial = jsonl_path.with_name(jsonl_path.name + ".partial")
+        partial.write_text("".join(line + "\n" for line in kept))
+        os.replace(partial, jsonl_path)
+    return removed
+
+
 def _format(value: float) -> str:
     return f"{value:.4g}" if math.isfinite(value) else str(value)
 
@@ -83,7 +108,11 @@ class Reporter:
 
     # -- progress bar -----------------------------------------------------------------------
     def start_stage(self, stage: int, *, initial_step: int, total_steps: int) -> None:
+        """A stage (re)starts at ``initial_step``: records of its later steps in metrics.jsonl
+        are from a run that was cut short and are dropped, so each step is logged once."""
         self._stage = stage
+        if self.enabled:
+            drop_records_after(self.jsonl_path, stage, initial_step)
         if not (self.enabled and self._show_bar):
             return
         from tqdm.auto import tqdm
