@@ -82,22 +82,42 @@ def test_relaunched_job_resumes_from_the_joint_checkpoint(killed_then_resumed):
     assert "stage 3: resuming from step 2" in log or "stage 3: resuming from step 4" in log, log[-3000:]
 
 
+def restore_in_this_process(workdir, stage):
+    """(variables, meta) of a stage's latest checkpoint, restored by this one process (8 devices)."""
+    config = worker.tiny_config()
+    model = models.create_model(config.model)
+    checkpoints = checkpointing.StageCheckpoints.from_config(workdir, stage, config)
+    try:
+        state, meta = checkpoints.restore(loop.abstract_state(config, model, mesh_lib.make_mesh()))
+    finally:
+        checkpoints.close()
+    return {"params": state["params"], "batch_stats": state["batch_stats"]}, meta
+
+
 def test_two_processes_end_at_the_one_process_parameters(reference, killed_then_resumed):
     reference_dir, _ = reference
     workdir, _, resumed, _ = killed_then_resumed
     assert [r.status for r in resumed] == [0, 0], local_launch.summary(resumed)
     for stage in (1, 2, 3):
-        # restore_for_eval is a one-process restore of the checkpoint the two processes wrote
-        _, expected, expected_meta = checkpointing.restore_for_eval(reference_dir, stage, "latest")
-        _, got, got_meta = checkpointing.restore_for_eval(workdir, stage, "latest")
+        # a one-process restore (8 devices) of the checkpoint the two processes (4 devices) wrote
+        expected, expected_meta = restore_in_this_process(reference_dir, stage)
+        got, got_meta = restore_in_this_process(workdir, stage)
         assert got_meta["step"] == expected_meta["step"] == {1: 4, 2: 4, 3: 8}[stage]
         assert got_meta["confidence"] == pytest.approx(expected_meta["confidence"], rel=1e-5)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
     # training moved the parameters: the comparison is not vacuous
-    _, stage1, _ = checkpointing.restore_for_eval(reference_dir, 1, "latest")
-    _, stage3, _ = checkpointing.restore_for_eval(reference_dir, 3, "latest")
+    stage1, _ = restore_in_this_process(reference_dir, 1)
+    stage3, _ = restore_in_this_process(reference_dir, 3)
     assert not np.allclose(models.head_kernel(stage1["params"]), models.head_kernel(stage3["params"]))
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: StageCheckpoints.restore_variables builds its target from "
+                   "item_metadata, which Orbax returns as None when the saving devices (ids 2048, 2049 of "
+                   "process 1) are absent; the loop's restore with explicit shardings works (test above)")
+def test_restore_for_eval_reads_a_two_process_checkpoint(killed_then_resumed):
+    workdir, _, _, _ = killed_then_resumed
+    checkpointing.restore_for_eval(workdir, 3, "latest")
 
 
 def test_joint_evaluation_counts_every_example_once(reference, killed_then_resumed):
