@@ -129,13 +129,14 @@ def open_or_build(config, split: str, data_dir, records: Callable[[], object], n
     """
     import jax
 
-    from pcam_jax.training import mesh
-
     key = cache_key(config, split, num_examples)
     directory = cache_directory(data_dir, key)
     if not is_current(directory, key) and jax.process_index() == 0:
         build(records(), config, directory, key)
-    mesh.wait_for_all_processes(f"uint8 cache {directory.name}")
+    if jax.process_count() > 1:  # through the coordination service: no device, no compile
+        import orbax.checkpoint as ocp
+
+        ocp.multihost.sync_global_processes(f"pcam_jax uint8 cache {directory.name}", timeout=24 * 3600)
     if not is_current(directory, key):
         raise FileNotFoundError(f"the uint8 cache {directory} is missing or stale after process 0 built it: "
                                 "data_dir must be a directory every process shares")
