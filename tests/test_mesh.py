@@ -79,3 +79,15 @@ def test_stage2_steps_on_eight_devices_equal_one_device():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
     for key in ("loss", "l1", "l2", "accuracy", "confidence"):
         np.testing.assert_allclose(float(metrics8[key]), float(metrics1[key]), rtol=1e-4, atol=1e-6)
+
+
+def test_distributed_arguments_from_the_environment():
+    assert mesh_lib.distributed_arguments({}) is None
+    assert mesh_lib.distributed_arguments({"PCAM_JAX_DISTRIBUTED": "1"}) == {}     # auto-detect (SLURM, TPU)
+    env = {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:9", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1",
+           "PCAM_JAX_HEARTBEAT_SECONDS": "10"}
+    assert mesh_lib.distributed_arguments(env) == {"num_processes": 2, "process_id": 1, "heartbeat_timeout_seconds": 10}
+    with pytest.raises(ValueError, match="JAX_PROCESS_ID"):
+        mesh_lib.distributed_arguments({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2"})
+    with pytest.raises(ValueError, match="PCAM_JAX_HEARTBEAT_SECONDS"):
+        mesh_lib.distributed_arguments({"PCAM_JAX_DISTRIBUTED": "1", "PCAM_JAX_HEARTBEAT_SECONDS": "ten"})

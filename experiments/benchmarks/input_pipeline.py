@@ -11,8 +11,13 @@ Rows:
                      with their lesion masks decoded and transformed too).
   PIL loop           one Python thread doing the same per image on the MURA-shaped files:
                      open, convert("L"), resize bilinear, random flip, rotate, /255 (no mask).
+  uint8 cache        what the host does with data.augment_on="device": a gather of uint8
+                     rows at training size from `pcam_jax.data.uint8_cache` (built once from
+                     the same files, build time printed); flip/rotate/scale run in the step.
 Images per second = batch / median seconds per batch after warm-up; the pipeline's rows
-are steady state with prefetching, as training sees them.
+are steady state with prefetching, as training sees them. Images per core-second = images
+/ CPU seconds the whole process (all its threads) spent making them: what a host with more
+cores can multiply.
 """
 
 from __future__ import annotations
@@ -113,8 +118,12 @@ def main():
 
     def add(name, make_batch, note):
         median, low, high = common.timeit(make_batch, warmup=args.warmup, rounds=args.batches)
+        cpu_start = time.process_time()   # then the same number of batches again, on CPU time
+        for _ in range(args.batches):
+            make_batch()
+        cpu = time.process_time() - cpu_start
         rows.append(dict(source=name, images_per_s=args.batch / median, s_per_batch=median,
-                         min_s=low, max_s=high, note=note))
+                         min_s=low, max_s=high, per_core=args.batch * args.batches / max(cpu, 1e-9), note=note))
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -124,6 +133,15 @@ def main():
         add("mura-shaped PNGs, tf.data", lambda: next(stream), f"{len(paths)} files")
         pil_batch = pil_loop(paths, args.size, config.data.rotate_degrees)
         add("mura-shaped PNGs, PIL loop", lambda: pil_batch(args.batch), "1 thread, image only")
+        from pcam_jax.data import uint8_cache
+
+        start = time.perf_counter()
+        key = uint8_cache.cache_key(config, "train", len(paths))
+        cache = uint8_cache.build(records_from_files(paths), config,
+                                  uint8_cache.cache_directory(os.path.join(tmp, "cache"), key), key)
+        print(f"# built the uint8 cache of {len(paths)} images in {time.perf_counter() - start:.1f} s")
+        cached = uint8_cache.train_batches(config, cache, seed=0)
+        add("mura-shaped PNGs, uint8 cache", lambda: next(cached), "augment_on=device: host part only")
 
         if not args.skip_synthetic:
             config.synthetic.update(
@@ -140,7 +158,13 @@ def main():
     print()
     print(common.format_table(rows, [("source", "source", ""), ("images_per_s", "img/s", ".1f"),
                                      ("s_per_batch", "s/batch", ".4f"), ("min_s", "min", ".4f"),
-                                     ("max_s", "max", ".4f"), ("note", "note", "")]))
+                                     ("max_s", "max", ".4f"), ("per_core", "img/core-s", ".1f"),
+                                     ("note", "note", "")]))
+    by_source = {row["source"]: row["per_core"] for row in rows}
+    before, after = by_source["mura-shaped PNGs, tf.data"], by_source["mura-shaped PNGs, uint8 cache"]
+    print(f"# host images per core-second: before (tf.data decode+resize+augment) {before:.1f}, "
+          f"after (uint8 cache) {after:.1f}: {after / before:.1f}x; a 16-core host by this figure: "
+          f"{16 * before:.0f} -> {16 * after:.0f} img/s")
     print(f"# batch {args.batch} at {args.size}x{args.size}, {args.batches} timed batches per "
           f"row after {args.warmup} warm-up")
     for row in rows:

@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
         labelled_batch_size=8,        # stage 3: images with lesion labels per step
         flip=True,                    # random horizontal flip (training only)
         rotate_degrees=30.0,          # random rotation in [-d, d] (training only)
+        augment_on="host",            # "host" (tf.data) | "device": uint8 cache + pcam_jax/data/device_augment.py
         shuffle_buffer=2048,
         model_selection_fraction=0.1, # MURA, folder: patient-disjoint slice of train for model selection
         skip_corrupt=False,           # MURA, folder: skip unreadable images (reported) instead of failing

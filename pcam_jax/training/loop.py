@@ -75,7 +75,18 @@ class PipelineData:
             self._records[split] = self._pipeline.load_records(self._config, split, self._data_dir)
         return self._records[split]
 
+    def _uint8(self, split: str):
+        """``data.augment_on="device"``: the split as uint8 at training size (`pcam_jax.data.uint8_cache`)."""
+        from pcam_jax.data import uint8_cache
+
+        return uint8_cache, uint8_cache.open_or_build(
+            self._config, split, self._data_dir, lambda: self._split(split),
+            self._pipeline.num_examples(self._config, split, self._data_dir))
+
     def train_batches(self, *, seed, start_step):
+        if self._config.data.get("augment_on", "host") == "device":
+            cache_lib, cache = self._uint8("train")
+            return cache_lib.train_batches(self._config, cache, seed=seed, start_step=start_step, **self._process)
         return self._pipeline.train_batches(self._config, self._split("train"), seed=seed,
                                             start_step=start_step, **self._process)
 
@@ -83,6 +94,9 @@ class PipelineData:
         return self._pipeline.eval_batches(self._config, self._split("model_selection"), **self._process)
 
     def labelled_batches(self, *, seed, start_step):
+        if self._config.data.get("augment_on", "host") == "device":
+            cache_lib, cache = self._uint8("train")
+            return cache_lib.labelled_batches(self._config, cache, seed=seed, start_step=start_step, **self._process)
         return self._pipeline.labelled_batches(self._config, self._split("train"), seed=seed,
                                                start_step=start_step, **self._process)
 

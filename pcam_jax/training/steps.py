@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from pcam_jax import maps
+from pcam_jax.data import device_augment
 from pcam_jax.models import PCAMNet, abnormal_probability, head_kernel
 from pcam_jax.training import losses, stages as stages_lib
 from pcam_jax.training.state import make_optimizer, update_accuracy_ema
@@ -159,10 +160,14 @@ def make_train_step(stage: int | stages_lib.Stage, config: Any, model: PCAMNet) 
     stage = stage if isinstance(stage, stages_lib.Stage) else stages_lib.get(stage)
     loss_fn = make_loss_fn(stage, config, model)
     optimizer = make_optimizer(config, frozen_parts=stage.frozen_parts)
+    # config.data.augment_on="device": uint8 batches, flipped/rotated/scaled here (None: host did it).
+    augment = device_augment.make_train_augment(config, stage.number)
 
     def train_step(state: dict, batch: dict, labelled_batch: dict | None = None) -> tuple[dict, dict]:
         if stage.needs_labelled and labelled_batch is None:
             raise ValueError(f"the {stage.name} train step needs labelled_batch (a batch of lesion-labelled images)")
+        if augment is not None:
+            batch, labelled_batch = augment(state["step"], batch, labelled_batch)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"], state, batch, labelled_batch)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
