@@ -88,6 +88,9 @@ def get_config() -> ml_collections.ConfigDict:
         l3_weight=1.0,                # lambda'
         lesion_loss="mse",            # "mse" (paper) | "balanced_mse": lesion and background
                                       # pixels weigh alike (plain MSE collapses to 0 on small lesions)
+        lesion_labels="",             # clinician labels of train images, "a.json[,b.csv,masks/]" (MURA,
+                                      # folder); pcam_jax/data/clinician_labels.py
+        unmatched_labels="error",     # a label naming no train image: "error" | "drop"
     ))
 
     c.train = ml_collections.ConfigDict(dict(
@@ -103,5 +106,8 @@ def get_config() -> ml_collections.ConfigDict:
         pointing_tolerance=15,        # pixels
         score_cam_chunk=32,           # channels per batched forward in Score-CAM
         num_figure_images=6,
+        lesion_labels="",             # clinician labels of test images for localisation (MURA, folder)
+        threshold_fraction=0.3,       # share of their patients held out to choose IoU/Dice thresholds
+        unmatched_labels="error",     # a label naming no test image: "error" | "drop"
     ))
     return c

@@ -208,6 +208,9 @@ def write_report(path, metrics: Mapping[str, Any], notes: str = "") -> str:
                           format_table(rows, [k for k, _ in CLASSIFICATION_COLUMNS],
                                        headers=dict(CLASSIFICATION_COLUMNS), row_header="body part"), ""]
 
+    from pcam_jax.evaluation import by_body_part
+
+    parts += by_body_part.report_section(metrics)
     summary = _best_summary(localisation) if localisation else []
     figure_notes = _figure_notes(figures, localisation)
     if summary or figure_notes:
