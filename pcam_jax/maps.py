@@ -334,9 +334,16 @@ def all_maps(apply_fn: ApplyFn, weights: Array, images: Array, targets: Array | 
     the head's dense kernel (K, C). Trace it inside one ``jax.jit`` (see `make_all_maps_fn`).
     Targets None = predicted class, the same for every method.
     """
+    return maps_and_logits(apply_fn, weights, images, targets, methods, chunk)[1]
+
+
+def maps_and_logits(apply_fn: ApplyFn, weights: Array, images: Array, targets: Array | None = None,
+                    methods: Sequence[str] = METHODS, chunk: int = 32) -> tuple[Array, dict[str, Array]]:
+    """``(logits (B, C), {method: maps})``: `all_maps` plus the logits of its one forward, so a
+    caller gets the prediction and the maps without a second pass (`pcam_jax.inference`)."""
     methods = _check_methods(methods)
     if any(m in _GRADIENT_METHODS for m in methods):
-        _, features, grads, targets = forward_and_gradients(apply_fn, images, targets)
+        logits, features, grads, targets = forward_and_gradients(apply_fn, images, targets)
     else:
         logits, features = apply_fn(images)
         targets, grads = _resolve_targets(targets, logits), None
@@ -349,7 +356,7 @@ def all_maps(apply_fn: ApplyFn, weights: Array, images: Array, targets: Array | 
         "score_cam": lambda: jax.nn.relu(_weighted_sum(
             features, score_cam_weights(apply_fn, images, features, targets, chunk))),
     }
-    return {m: compute[m]() for m in methods}
+    return logits, {m: compute[m]() for m in methods}
 
 
 def make_all_maps_fn(model, methods: Sequence[str] = METHODS, chunk: int = 32) -> Callable:
