@@ -153,7 +153,10 @@ def predict_files(run, paths: Iterable, *, method: str = "positive_cam", batch_s
         raise ValueError(f"the decoder map needs a run of a stage that trains the decoder; this is "
                          f"stage {run.stage}")
     size, mode = run.image_size, str(run.config.data.resize)
-    fn = make_predict_and_map_fn(run.model, method, int(run.config.eval.score_cam_chunk))
+    cache = run.__dict__.setdefault("_predict_and_map_fns", {})  # one compilation per run and method
+    if method not in cache:
+        cache[method] = make_predict_and_map_fn(run.model, method, int(run.config.eval.score_cam_chunk))
+    fn = cache[method]
     workers = workers or min(8, os.cpu_count() or 1)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         pending = collections.deque()

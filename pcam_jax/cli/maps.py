@@ -58,6 +58,7 @@ def main(argv):
 
     from pcam_jax import inference
     from pcam_jax.analysis import METHODS, load
+    from pcam_jax.data.radiographs import to_uint8
     from pcam_jax.evaluation.evaluate import trained_stages
     from pcam_jax.overlays import overlay
 
@@ -80,7 +81,9 @@ def main(argv):
     names = dict(zip(map(str, paths), overlay_names(paths, method)))
 
     def write(result):
-        Image.fromarray(overlay(result.image, result.saliency)).save(out / names[result.path])
+        # 8-bit grey: overlay's lookup-table path; fast zlib level (the PNG is a picture to look at)
+        Image.fromarray(overlay(to_uint8(result.image), result.saliency)).save(
+            out / names[result.path], compress_level=1)
 
     failed, rows, writes = [], [], collections.deque()
     bar = tqdm(total=len(paths), desc="maps", unit="img", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 `localisation_per_group` scores every map method within each body part with the threshold the
 method was given overall (chosen on the held-out labelled images, never per group);
-`report_section` renders one table per run: a row per body part with the last stage's
+`table` lays out what the report shows: a row per body part with the last stage's
 study-level kappa and, for the headline maps, the pointing game and PxAP.
 """
 
@@ -43,18 +43,18 @@ def _study_kappa(classification: Mapping[str, Any]) -> tuple[str, dict[str, floa
     return "", {}
 
 
-def report_section(metrics: Mapping[str, Any]) -> list[str]:
-    """Markdown lines: body part x (study kappa, labelled images, PG and PxAP per headline map)."""
-    from pcam_jax.evaluation.report import format_table
-
+def table(metrics: Mapping[str, Any]):
+    """``(rows, columns, headers)`` of the per-body-part table (`pcam_jax.evaluation.report`
+    renders it), or None without per-group localisation: body part x (study kappa of the last
+    stage, labelled images, PG and PxAP per headline map)."""
     per_group = metrics.get("localisation_per_group") or {}
     if not per_group:
-        return []
+        return None
     model, kappas = _study_kappa(metrics.get("classification") or {})
     names = [n for n in HEADLINE_MAPS if n in per_group] or list(per_group)[:4]
     groups = sorted({g for by_group in per_group.values() for g in by_group} | set(kappas))
-    columns, headers, best = ["kappa", "n_masks"], {"kappa": f"{model} study kappa",
-                                                    "n_masks": "images with mask"}, {}
+    columns = ["kappa", "n_masks"]
+    headers = {"kappa": f"{model} study kappa", "n_masks": "images with mask"}
     rows = {g: {"kappa": kappas.get(g)} for g in groups}
     for name in names:
         for key, short in COLUMNS:
@@ -65,8 +65,9 @@ def report_section(metrics: Mapping[str, Any]) -> list[str]:
                 entry = per_group[name].get(g, {})
                 rows[g][column] = entry.get(key)
                 rows[g].setdefault("n_masks", entry.get("n_images", 0))
-    return [f"## Per body part: study-level kappa and localisation", "",
-            format_table(rows, columns, best, headers=headers, row_header="body part"), "",
-            "Kappa is per study (mean of the images' probabilities, abnormal if > 0.5); PG (pointing "
-            "game) and PxAP are scored on the labelled test images of each body part, with each "
-            "method's overall threshold. n/a: no labelled image of that body part.", ""]
+    return rows, columns, headers
+
+
+NOTE = ("Kappa is per study (mean of the images' probabilities, abnormal if > 0.5); PG (pointing "
+        "game) and PxAP are scored on the labelled test images of each body part, with each "
+        "method's overall threshold. n/a: no labelled image of that body part.")

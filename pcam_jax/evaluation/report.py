@@ -23,6 +23,8 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pcam_jax.evaluation import by_body_part
+
 # (key, header, direction) of the localisation table; all higher-is-better.
 LOCALISATION_COLUMNS = (
     ("pointing_game", "Pointing game", "max"),
@@ -171,6 +173,17 @@ def _figure_notes(figures: Mapping[str, str], localisation: Mapping[str, Any]) -
     return notes
 
 
+def _body_part_section(metrics: Mapping[str, Any]) -> list[str]:
+    """Localisation per body part next to its study-level kappa (`by_body_part.table`)."""
+    layout = by_body_part.table(metrics)
+    if layout is None:
+        return []
+    rows, columns, headers = layout
+    return ["## Per body part: study-level kappa and localisation", "",
+            format_table(rows, columns, headers=headers, row_header="body part"), "",
+            by_body_part.NOTE, ""]
+
+
 def write_report(path, metrics: Mapping[str, Any], notes: str = "") -> str:
     """Writes the Markdown report to `path` (parents created) and returns its text."""
     localisation = metrics.get("localisation") or {}
@@ -208,9 +221,7 @@ def write_report(path, metrics: Mapping[str, Any], notes: str = "") -> str:
                           format_table(rows, [k for k, _ in CLASSIFICATION_COLUMNS],
                                        headers=dict(CLASSIFICATION_COLUMNS), row_header="body part"), ""]
 
-    from pcam_jax.evaluation import by_body_part
-
-    parts += by_body_part.report_section(metrics)
+    parts += _body_part_section(metrics)
     summary = _best_summary(localisation) if localisation else []
     figure_notes = _figure_notes(figures, localisation)
     if summary or figure_notes:
