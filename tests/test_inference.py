@@ -88,3 +88,14 @@ def test_unreadable_files_are_one_line_naming_them_and_the_rest_is_processed(run
     for result, name in ((results[0], "report.dcm"), (results[2], "broken.png")):
         assert name in result.error and "\n" not in result.error
     assert "without pixel data" in results[0].error
+
+
+def test_run_predict_and_maps_read_files_right(run, tmp_path):
+    eight = _twins(tmp_path)
+    expected = run.predict(eight)
+    for name in ("sixteen.png", "inverted.dcm"):
+        np.testing.assert_allclose(run.predict(str(tmp_path / name)), expected, atol=1e-3)
+        assert run.maps(tmp_path / name).shape == (1, 41, 57)
+    # Run.predict resizes as the batched path and the training pipeline do.
+    np.testing.assert_allclose(
+        expected, next(inference.predict_files(run, [tmp_path / "eight.png"])).probability, atol=1e-6)
