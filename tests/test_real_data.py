@@ -164,3 +164,63 @@ def test_threshold_patients_are_a_hashed_share():
     assert len(clinician_labels.threshold_patients(["a", "b"], 0.01)) == 1
     assert clinician_labels.threshold_patients(["a"], 0.5) == set()
     assert len(clinician_labels.threshold_patients(["a", "b"], 0.99)) == 1
+
+
+@slow
+def test_maps_command_reads_dicom_and_16_bit_png_as_their_8_bit_twin(trained, tmp_path, capsys):
+    """The done criterion of `pcam-jax maps`: a MONOCHROME1 DICOM and a 16-bit PNG give the
+    probability of their 8-bit twin (to 1e-3); a DICOM without pixel data is one line naming it."""
+    import csv
+
+    from PIL import Image
+
+    from tests import dicom_files
+
+    run, _ = trained
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    eight = (rng.random((60, 45)) * 255).round().astype(np.uint8)
+    Image.fromarray(eight).save(folder / "a_eight.png")
+    Image.fromarray(eight.astype(np.uint16) * 257).save(folder / "b_sixteen.png")
+    stored = np.round((255 - eight.astype(np.float64)) * 4095 / 255).astype(np.uint16)
+    dicom_files.write(dicom_files.dataset(stored, bits_stored=12, photometric="MONOCHROME1"),
+                      folder / "c_monochrome1")  # suffix-less, as PACS exports write them
+    empty = dicom_files.dataset(np.zeros((4, 4), np.uint16))
+    del empty.PixelData
+    dicom_files.write(empty, folder / "d_report.dcm")
+    out = tmp_path / "overlays"
+    assert pcam_jax_command("maps", "--workdir", run, "--out", out, "--batch_size", 2, folder) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if "d_report.dcm" in line]
+    assert err and "without pixel data" in err[0]
+    with open(out / "predictions.csv") as f:
+        rows = {r["path"].rsplit("/", 1)[1]: float(r["p_abnormal"]) for r in csv.DictReader(f)}
+    assert sorted(rows) == ["a_eight.png", "b_sixteen.png", "c_monochrome1"]
+    np.testing.assert_allclose([rows["b_sixteen.png"], rows["c_monochrome1"]], rows["a_eight.png"], atol=1e-3)
+    assert Image.open(out / "c_monochrome1_positive_cam.png").size == (45, 60)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"segmentation": [[1, 1, 5, 5]]}, "at least 3"),
+    ({"segmentation": [[1, 1, 5, 1, 5, 5]], "image": {"height": 9}}, "COCO says"),
+])
+def test_bad_coco_entries_name_the_file(tmp_path, bad, message):
+    image = {"id": 1, "file_name": "t/a.png", "height": 8, "width": 8, **bad.get("image", {})}
+    ann = {"id": 7, "image_id": 1, "segmentation": bad["segmentation"]}
+    source = tmp_path / "labels.json"
+    source.write_text(json.dumps({"images": [image], "annotations": [ann]}))
+    with pytest.raises(ValueError, match=message) as info:
+        clinician_labels.match([source], {"train": {"t/a.png": (8, 8)}}, use=("train",),
+                               field="config.stage3.lesion_labels")
+    assert str(source) in str(info.value) and "annotation id 7" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_mask_png_of_the_wrong_size_names_the_file(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "t").mkdir()
+    Image.fromarray(np.ones((5, 8), np.uint8) * 255).save(tmp_path / "t" / "a.png")
+    with pytest.raises(ValueError, match=r"a.png is \(5, 8\) \(H, W\) but its image is \(8, 8\)"):
+        clinician_labels.match([tmp_path], {"train": {"t/a.png": (8, 8)}}, use=("train",),
+                               field="config.stage3.lesion_labels")
