@@ -8,7 +8,8 @@
 Everything comes from the checkpoint in the work directory: the config (so the right network
 is rebuilt), the parameters and the BatchNorm statistics. Images may be numpy or JAX arrays of
 any batch size: (H, W), (B, H, W) or (B, H, W, C) with C in {1, 3}, uint8 in [0, 255] or float
-in [0, 1]. They are resized (plain bilinear stretch) to the training image size, run through
+in [0, 1], or one file path (PNG, 16-bit PNG, TIFF, DICOM: read by `pcam_jax.data.radiographs`).
+They are resized (bilinear stretch, as the training pipeline) to the training image size, run through
 jitted functions in fixed-size chunks (so a new batch size never recompiles), and maps are
 resized back to the input size. Map post-processing follows pytorch-grad-cam: ReLU, per-image
 min-max to [0, 1], bilinear resize.
@@ -17,6 +18,7 @@ min-max to [0, 1], bilinear resize.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import jax
@@ -31,9 +33,21 @@ DECODER = maps_lib.DECODER
 METHODS = maps_lib.METHODS + (DECODER,)
 
 
+def read_if_path(images):
+    """A file path (str or os.PathLike) -> float32 (H, W) in [0, 1], read right whatever it is
+    (DICOM through its header, 16-bit PNG/TIFF by bit depth: `pcam_jax.data.radiographs`);
+    anything else unchanged."""
+    if isinstance(images, (str, os.PathLike)):
+        from pcam_jax.data.radiographs import read_radiograph
+
+        return read_radiograph(images)
+    return images
+
+
 def as_model_input(images, image_size: int) -> np.ndarray:
-    """Images of any accepted layout and dtype -> float32 (B, S, S, 1) in [0, 1]."""
-    x = np.asarray(images)
+    """Images of any accepted layout and dtype (or a file path) -> float32 (B, S, S, 1) in [0, 1],
+    resized as the training pipeline resizes (bilinear, no antialiasing: `pcam_jax.inference`)."""
+    x = np.asarray(read_if_path(images))
     is_uint8 = x.dtype == np.uint8
     x = x.astype(np.float32) / 255.0 if is_uint8 else x.astype(np.float32)
     if x.ndim == 2:
@@ -50,7 +64,9 @@ def as_model_input(images, image_size: int) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         raise ValueError("images contain NaN or Inf")
     if x.shape[1:3] != (image_size, image_size):
-        x = np.asarray(jax.image.resize(x, (x.shape[0], image_size, image_size, 1), "bilinear"))
+        from pcam_jax.inference import to_model_size
+
+        x = np.stack([to_model_size(image, image_size) for image in x[..., 0]])[..., None]
     return np.clip(x, 0.0, 1.0)
 
 
@@ -123,6 +139,7 @@ class Run:
 
     def maps(self, images, method: str = "positive_cam", targets=None) -> np.ndarray:
         """(B, H, W) map in [0, 1] at the input images' size; see the module docstring."""
+        images = read_if_path(images)
         x = as_model_input(images, self.image_size)
         raw = self.raw_maps(x, (method,), targets)[method]
         shape = np.asarray(images).shape

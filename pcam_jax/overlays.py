@@ -7,6 +7,8 @@ on a fixed 0..1 scale (so 0 and 1 are the ends of the colour map whatever the ma
 
 from __future__ import annotations
 
+import functools
+
 import matplotlib
 import numpy as np
 
@@ -29,16 +31,31 @@ def image_rgb(image) -> np.ndarray:
     return np.clip(image, 0.0, 1.0)
 
 
+def _colour_table(cmap: str) -> np.ndarray:
+    """(N, 3) float64: the colour map's N colours (what ``cmap(x)`` indexes for x in [0, 1])."""
+    colours = matplotlib.colormaps[cmap]
+    return colours(np.arange(colours.N))[:, :3]
+
+
 def blend(image, saliency, alpha: float, cmap: str) -> np.ndarray:
     """Float (H, W, 3): (1 - alpha) * image + alpha * cmap(map), the map on a fixed 0..1 scale."""
-    rgb = image_rgb(image)
+    image = np.asarray(image)
+    gray = image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 1)
+    rgb = None if gray else image_rgb(image)
+    shape = image.shape[:2]
     saliency = np.asarray(saliency, dtype=np.float64)
-    if saliency.shape != rgb.shape[:2]:
+    if saliency.shape != shape:
         raise ValueError(
-            f"map has shape {saliency.shape} but the image is {rgb.shape[:2]}: resize the map to the image first.")
+            f"map has shape {saliency.shape} but the image is {shape}: resize the map to the image first.")
     if not np.all(np.isfinite(saliency)):
         raise ValueError("map contains NaN or inf values.")
-    colour = matplotlib.colormaps[cmap](np.clip(saliency, 0.0, 1.0))[..., :3]
+    table = _colour_table(cmap)
+    # matplotlib's own lookup for floats in [0, 1]: index int(x * N), x = 1 in the last colour.
+    colour = table[np.minimum((np.clip(saliency, 0.0, 1.0) * len(table)).astype(np.intp), len(table) - 1)]
+    if gray:  # (H, W, 1) broadcast over the colours: no (H, W, 3) copy of a full-size radiograph
+        base = image.reshape(shape)
+        base = base / 255.0 if base.dtype == np.uint8 else np.clip(np.asarray(base, np.float64), 0.0, 1.0)
+        return (1.0 - alpha) * base[..., None] + alpha * colour
     return (1.0 - alpha) * rgb + alpha * colour
 
 
@@ -51,7 +68,25 @@ def overlay(image, saliency, alpha: float = DEFAULT_ALPHA, cmap: str = DEFAULT_C
       alpha: weight of the colour map.
       cmap: matplotlib colour-map name.
     """
+    image = np.asarray(image)
+    if image.dtype == np.uint8 and (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 1)):
+        saliency = np.asarray(saliency, dtype=np.float32)
+        if saliency.shape == image.shape[:2] and np.all(np.isfinite(saliency)):
+            # Every (grey level, colour) pair precomputed with blend's arithmetic: one lookup per
+            # pixel, the same bytes, ~10x faster on a full-size radiograph.
+            table = _blended_table(float(alpha), cmap)
+            n = table.shape[1]
+            index = np.minimum((np.clip(saliency, 0.0, 1.0) * n).astype(np.intp), n - 1)
+            return table[image.reshape(image.shape[:2]), index]
     return np.round(blend(image, saliency, alpha, cmap) * 255.0).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=8)
+def _blended_table(alpha: float, cmap: str) -> np.ndarray:
+    """uint8 (256, N, 3): `overlay` of grey level g under colour index i."""
+    grey = np.arange(256) / 255.0
+    return np.round(((1.0 - alpha) * grey[:, None, None] + alpha * _colour_table(cmap)[None]) * 255.0
+                    ).astype(np.uint8)
 
 
 def overlay_batch(images, maps, alpha: float = DEFAULT_ALPHA, cmap: str = DEFAULT_CMAP) -> np.ndarray:

@@ -17,18 +17,22 @@ import os
 import sys
 
 COMMANDS = {
-    "prepare": ("pcam_jax.cli.prepare", "build a TFDS dataset: `prepare synthetic` or `prepare mura --manual-dir DIR`"),
+    "prepare": ("pcam_jax.cli.prepare", "build a TFDS dataset: `prepare synthetic`, `prepare mura --manual-dir DIR` "
+                "or `prepare folder --folder-root DIR`"),
+    "mura-world": ("pcam_jax.cli.mura_world", "write a MURA-v1.1-shaped tree of synthetic radiographs + COCO "
+                   "lesion labels: --out DIR"),
     "train": ("pcam_jax.cli.train", "train stages 1-3: --config CONFIG --workdir DIR [--stages 1,2,3]"),
     "demo": ("pcam_jax.cli.demo", "all three stages on synthetic data, then evaluation [--workdir DIR]"),
     "evaluate": ("pcam_jax.cli.evaluate", "score every map method from a work directory's checkpoints"),
-    "maps": ("pcam_jax.cli.maps", "overlay maps on your own images: --workdir DIR --out DIR IMAGE..."),
+    "maps": ("pcam_jax.cli.maps", "probabilities and overlay maps for your own images (PNG, DICOM, ...): "
+             "--workdir DIR --out DIR IMAGE|FOLDER..."),
 }
 TRACEBACK_ENV = "PCAM_JAX_TRACEBACK"
 
 
 def _usage() -> str:
     lines = ["usage: pcam-jax COMMAND [flags]   (pcam-jax COMMAND --help for its flags)", "", "commands:"]
-    lines += [f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
     return "\n".join(lines)
 
 

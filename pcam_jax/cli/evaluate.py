@@ -1,4 +1,4 @@
-"""``pcam-jax evaluate --workdir DIR [--split test] [--which best] [--out DIR]``: score every
+"""``pcam-jax evaluate --workdir DIR [--split test] [--which best] [--out DIR] [--lesion_labels F]``: score every
 map method of every trained stage from the checkpoints alone (`pcam_jax.evaluation.evaluate`)."""
 
 from __future__ import annotations
@@ -14,4 +14,5 @@ def main(argv):
     from pcam_jax.evaluation.evaluate import evaluate_workdir
 
     evaluate_workdir(flags.WORKDIR.value, split=flags.SPLIT.value, data_dir=flags.DATA_DIR.value,
-                     out_dir=flags.OUT.value, which=flags.which_checkpoint(flags.WHICH.value))
+                     out_dir=flags.OUT.value, which=flags.which_checkpoint(flags.WHICH.value),
+                     lesion_labels=flags.LESION_LABELS.value)

@@ -24,6 +24,10 @@ OUT = flags.DEFINE_string("out", None, "Output directory (evaluate: default <wor
 SPLIT = flags.DEFINE_string("split", None, "Split to score; default test (synthetic) or valid (MURA).")
 STAGE = flags.DEFINE_integer("stage", None, "Stage to load; default the last trained one.")
 METHOD = flags.DEFINE_string("method", "positive_cam", "Map method (maps); an unknown name is answered with the list.")
+LESION_LABELS = flags.DEFINE_string("lesion_labels", None, "evaluate: clinician labels of test images "
+                                    "(COCO .json, box .csv, mask folder; comma-separated), overriding "
+                                    "the run's config.eval.lesion_labels.")
+BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "maps: images per forward pass.")
 
 # prepare
 MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "mura: the folder that holds MURA-v1.1/ (see pcam_jax.data.mura).")
@@ -32,9 +36,20 @@ SKIP_CORRUPT = flags.DEFINE_boolean("skip_corrupt", None, "mura: skip unreadable
 LABEL_POLICY = flags.DEFINE_enum("label_policy", "error", ["error", "trust_csv"],
                                  "mura: a study whose CSV label disagrees with its folder stops the build "
                                  "('error') or takes the CSV label with a warning ('trust_csv').")
+FOLDER_ROOT = flags.DEFINE_string("folder_root", None, "folder: the folder of radiographs holding the "
+                                  "labels CSV (default: config.data.folder_root; pcam_jax.data.folder).")
+FOLDER_CSV = flags.DEFINE_string("folder_csv", None, "folder: the CSV inside --folder_root "
+                                 "(default: config.data.folder_csv).")
+TEST_FRACTION = flags.DEFINE_float("test_fraction", None, "folder without a split column: share of "
+                                   "test patients (default: config.data.folder_test_fraction).")
 MODEL_SELECTION_FRACTION = flags.DEFINE_float(
     "model_selection_fraction", None, "mura: fraction of train patients held out "
     "(default: config.data.model_selection_fraction).")
+
+
+# mura-world
+SIZE = flags.DEFINE_enum("size", "default", ["default", "tiny"], "mura-world: 'default' (~600 "
+                         "images, 96-160 px, 100 labelled) or 'tiny' (tests: ~110 images, 40-64 px).")
 
 
 def which_checkpoint(value: str) -> str | int:

@@ -2,12 +2,14 @@
 
     pcam-jax prepare mura --manual_dir DIR [--data_dir DIR] [--skip_corrupt]
                           [--label_policy trust_csv] [--model_selection_fraction F]
+    pcam-jax prepare folder --folder_root DIR [--folder_csv labels.csv] [--data_dir DIR]
+                            [--skip_corrupt] [--model_selection_fraction F] [--test_fraction F]
     pcam-jax prepare synthetic [--config CONFIG] [--data_dir DIR]
 
 ``--config`` gives ``config.synthetic`` for the synthetic data and the defaults of
-``data.model_selection_fraction`` / ``data.skip_corrupt`` for MURA (default preset: the
-dataset's name). The data dir defaults as everywhere (`pcam_jax.data.resolve_data_dir`).
-Prints progress, then a summary of the splits.
+``data.model_selection_fraction`` / ``data.skip_corrupt`` (and ``data.folder_*``) for MURA and
+folders (default preset: the dataset's name, ``base`` for folders). The data dir defaults as
+everywhere (`pcam_jax.data.resolve_data_dir`). Prints progress, then a summary of the splits.
 """
 
 from __future__ import annotations
@@ -17,23 +19,48 @@ from absl import app
 from pcam_jax.cli import flags
 from pcam_jax.data import prepare, resolve_data_dir
 
+DATASETS = prepare.DATASETS + ("folder",)
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+def prepare_folder(config, data_dir):
+    """`pcam_jax.data.folder.prepare` with the flags over config.data.folder_*."""
+    root = flags.FOLDER_ROOT.value or config.data.folder_root
+    if not root:
+        raise ValueError("--folder_root is required: the folder of radiographs that holds the labels CSV")
+    from pcam_jax import runtime
+
+    runtime.tensorflow()  # before TFDS touches TensorFlow
+    from pcam_jax.data import folder
+
+    print(f"Building the radiograph folder {root} into {data_dir} ...", flush=True)
+    return folder.prepare(
+        root, data_dir, csv_name=_or(flags.FOLDER_CSV.value, config.data.folder_csv),
+        model_selection_fraction=_or(flags.MODEL_SELECTION_FRACTION.value, config.data.model_selection_fraction),
+        test_fraction=_or(flags.TEST_FRACTION.value, config.data.folder_test_fraction),
+        skip_corrupt=_or(flags.SKIP_CORRUPT.value, config.data.skip_corrupt))
+
 
 def main(argv) -> None:
-    if len(argv) != 2 or argv[1] not in prepare.DATASETS:
-        raise app.UsageError(f"usage: pcam-jax prepare {{{','.join(prepare.DATASETS)}}} [flags]; "
-                             f"got {argv[1:]}")
+    if len(argv) != 2 or argv[1] not in DATASETS:
+        raise app.UsageError(f"usage: pcam-jax prepare {{{','.join(DATASETS)}}} [flags]; got {argv[1:]}")
     from pcam_jax.configs import get_config
 
     dataset = argv[1]
-    config = flags.CONFIG.value if flags.CONFIG.value is not None else get_config(dataset)
+    config = (flags.CONFIG.value if flags.CONFIG.value is not None
+              else get_config(dataset if dataset in prepare.DATASETS else "base"))
     data_dir = resolve_data_dir(config, flags.DATA_DIR.value)
     if dataset == "mura":
-        fraction, skip = flags.MODEL_SELECTION_FRACTION.value, flags.SKIP_CORRUPT.value
         builder = prepare.prepare_mura(
             flags.MANUAL_DIR.value, data_dir,
-            model_selection_fraction=config.data.model_selection_fraction if fraction is None else fraction,
-            skip_corrupt=config.data.skip_corrupt if skip is None else skip,
+            model_selection_fraction=_or(flags.MODEL_SELECTION_FRACTION.value, config.data.model_selection_fraction),
+            skip_corrupt=_or(flags.SKIP_CORRUPT.value, config.data.skip_corrupt),
             label_policy=flags.LABEL_POLICY.value)
+    elif dataset == "folder":
+        builder = prepare_folder(config, data_dir)
     else:
         builder = prepare.prepare_synthetic(config.synthetic, data_dir)
     print(prepare.summary(builder), flush=True)

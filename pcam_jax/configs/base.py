@@ -96,6 +96,9 @@ def get_config() -> ml_collections.ConfigDict:
         l3_weight=1.0,                # lambda'
         lesion_loss="mse",            # "mse" (paper) | "balanced_mse": lesion and background
                                       # pixels weigh alike (plain MSE collapses to 0 on small lesions)
+        lesion_labels="",             # clinician labels of train images, "a.json[,b.csv,masks/]" (MURA,
+                                      # folder); pcam_jax/data/clinician_labels.py
+        unmatched_labels="error",     # a label naming no train image: "error" | "drop"
     ))
 
     c.stage4 = ml_collections.ConfigDict(dict(
@@ -125,5 +128,8 @@ def get_config() -> ml_collections.ConfigDict:
         sanity_images=4,              # of those, for the cascading-randomisation and random-logit tests
         deletion_steps=20,            # steps of the deletion / insertion curves
         road_iterations=100,          # conjugate-gradient iterations of ROAD's imputation
+        lesion_labels="",             # clinician labels of test images for localisation (MURA, folder)
+        threshold_fraction=0.3,       # share of their patients held out to choose IoU/Dice thresholds
+        unmatched_labels="error",     # a label naming no test image: "error" | "drop"
     ))
     return c

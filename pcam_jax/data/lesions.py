@@ -33,19 +33,35 @@ ImageSizes = dict[str, tuple[int, int]]  # image path -> (height, width)
 BOX_COLUMNS = ("path", "x0", "y0", "x1", "y1")
 
 
-def load_lesion_masks(source, image_sizes: ImageSizes) -> dict[str, np.ndarray]:
-    """Masks from a folder of PNGs, a COCO ``.json`` or a ``.csv`` of boxes: {path: (H, W)}."""
+def load_lesion_masks(source, image_sizes: ImageSizes, *,
+                      unknown: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Masks from a folder of PNGs, a COCO ``.json`` or a ``.csv`` of boxes: {path: (H, W)}.
+
+    An entry naming an image absent from ``image_sizes`` is an error, unless a list is given
+    as ``unknown``: then each such entry is appended to it ("<where>: <path>") and skipped.
+    """
     source = pathlib.Path(source)
     if source.is_dir():
-        return masks_from_png_folder(source, image_sizes)
+        return masks_from_png_folder(source, image_sizes, unknown=unknown)
     if not source.is_file():
         raise FileNotFoundError(f"lesion labels {source} do not exist")
     if source.suffix.lower() == ".json":
-        return masks_from_coco(source, image_sizes)
+        return masks_from_coco(source, image_sizes, unknown=unknown)
     if source.suffix.lower() == ".csv":
-        return masks_from_box_csv(source, image_sizes)
+        return masks_from_box_csv(source, image_sizes, unknown=unknown)
     raise ValueError(f"lesion labels {source}: expected a folder of mask PNGs, a COCO .json or a "
                      f".csv of boxes ({','.join(BOX_COLUMNS)})")
+
+
+def _is_unknown(where: str, path, image_sizes: ImageSizes, unknown: list[str] | None) -> bool:
+    """True (after noting it in ``unknown``) for a path absent from ``image_sizes``; raises
+    when no ``unknown`` list collects them."""
+    if path in image_sizes:
+        return False
+    if unknown is None:
+        raise _unknown_image(where, path, image_sizes)
+    unknown.append(f"{where}: {path}")
+    return True
 
 
 def _unknown_image(where: str, path: str, image_sizes: ImageSizes) -> ValueError:
@@ -99,14 +115,15 @@ def _check_not_empty(mask: np.ndarray, where: str) -> np.ndarray:
     return mask
 
 
-def masks_from_png_folder(folder, image_sizes: ImageSizes) -> dict[str, np.ndarray]:
+def masks_from_png_folder(folder, image_sizes: ImageSizes, *,
+                          unknown: list[str] | None = None) -> dict[str, np.ndarray]:
     """Masks from ``<folder>/<image path>`` PNGs (every ``*.png`` under the folder)."""
     folder = pathlib.Path(folder)
     masks = {}
     for file in sorted(folder.rglob("*.png")):
         path = file.relative_to(folder).as_posix()
-        if path not in image_sizes:
-            raise _unknown_image(f"mask {file}", path, image_sizes)
+        if _is_unknown(f"mask {file}", path, image_sizes, unknown):
+            continue
         try:
             with PIL.Image.open(file) as image:
                 mask = (np.asarray(image.convert("L")) > 0).astype(np.uint8)
@@ -119,7 +136,8 @@ def masks_from_png_folder(folder, image_sizes: ImageSizes) -> dict[str, np.ndarr
     return masks
 
 
-def masks_from_coco(json_path, image_sizes: ImageSizes) -> dict[str, np.ndarray]:
+def masks_from_coco(json_path, image_sizes: ImageSizes, *,
+                    unknown: list[str] | None = None) -> dict[str, np.ndarray]:
     """Masks from a COCO JSON: polygons, else boxes, united per image."""
     json_path = pathlib.Path(json_path)
     try:
@@ -136,8 +154,8 @@ def masks_from_coco(json_path, image_sizes: ImageSizes) -> dict[str, np.ndarray]
         if image is None:
             raise ValueError(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'.")
         path = image.get("file_name")
-        if path not in image_sizes:
-            raise _unknown_image(where, path, image_sizes)
+        if _is_unknown(where, path, image_sizes, unknown):
+            continue
         height, width = image_sizes[path]
         if (image.get("height", height), image.get("width", width)) != (height, width):
             raise ValueError(f"{where}: COCO says {path} is {image.get('height')}x"
@@ -159,7 +177,8 @@ def masks_from_coco(json_path, image_sizes: ImageSizes) -> dict[str, np.ndarray]
     return masks
 
 
-def masks_from_box_csv(csv_path, image_sizes: ImageSizes) -> dict[str, np.ndarray]:
+def masks_from_box_csv(csv_path, image_sizes: ImageSizes, *,
+                       unknown: list[str] | None = None) -> dict[str, np.ndarray]:
     """Masks from a CSV with header ``path,x0,y0,x1,y1``; rows of one image are united."""
     csv_path = pathlib.Path(csv_path)
     with csv_path.open(newline="") as f:
@@ -172,8 +191,8 @@ def masks_from_box_csv(csv_path, image_sizes: ImageSizes) -> dict[str, np.ndarra
         for row in reader:
             where = f"{csv_path} line {reader.line_num}"
             path = row["path"].strip()
-            if path not in image_sizes:
-                raise _unknown_image(where, path, image_sizes)
+            if _is_unknown(where, path, image_sizes, unknown):
+                continue
             try:
                 box = [float(row[c]) for c in BOX_COLUMNS[1:]]
             except (TypeError, ValueError) as e:
@@ -181,3 +200,22 @@ def masks_from_box_csv(csv_path, image_sizes: ImageSizes) -> dict[str, np.ndarra
             mask = _check_not_empty(box_mask(box, *image_sizes[path], where), where)
             masks[path] = masks.get(path, 0) | mask
     return masks
+
+
+def label_paths(source) -> set[str]:
+    """The image paths a label source names, read without rasterising anything (for overlap
+    checks between label sets)."""
+    source = pathlib.Path(source)
+    if source.is_dir():
+        return {f.relative_to(source).as_posix() for f in source.rglob("*.png")}
+    if not source.is_file():
+        raise FileNotFoundError(f"lesion labels {source} do not exist")
+    if source.suffix.lower() == ".json":
+        try:
+            coco = json.loads(source.read_text())
+            names = {image["id"]: image.get("file_name") for image in coco["images"]}
+            return {names.get(ann.get("image_id")) for ann in coco["annotations"]} - {None}
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{source}: not a COCO file with 'images' and 'annotations': {e}") from e
+    with source.open(newline="") as f:
+        return {row.get("path", "").strip() for row in csv.DictReader(f)} - {""}

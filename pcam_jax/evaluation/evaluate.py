@@ -28,7 +28,7 @@ import numpy as np
 from pcam_jax import analysis
 from pcam_jax import maps as maps_lib
 from pcam_jax.data import resolve_data_dir
-from pcam_jax.evaluation import figures, report, shortcuts, trust
+from pcam_jax.evaluation import by_body_part, figures, report, shortcuts, trust
 from pcam_jax.metrics import classification, localisation
 from pcam_jax.training import checkpointing, stages as stages_lib
 
@@ -65,19 +65,21 @@ def trained_stages(workdir) -> list[int]:
 
 
 def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *,
-             figure_rows: int = 0) -> dict[str, Any]:
-    """One pass over a split: probabilities per stage and post-processed maps per method.
+             figure_rows: int = 0, records=None) -> dict[str, Any]:
+    """One pass over a split (or over ``records``): probabilities per stage and post-processed
+    maps per method.
 
     Maps are computed only for rows with a non-empty lesion mask; images with an empty
     mask (normal ones) are only counted (``n_empty_masks``), since no map can be scored there.
     """
     from pcam_jax.data import pipeline
 
-    records = pipeline.load_records(config, split, data_dir)
+    if records is None:
+        records = pipeline.load_records(config, split, data_dir)
     size = int(config.data.image_size)
     out = {"probs": {s: [] for s in runs}, "labels": [], "study_id": [], "body_part": [],
            "maps": {f"stage{s}/{m}": [] for s in runs for m in stages_lib.get(s).map_methods},
-           "masks": [], "images": [], "n_empty_masks": 0}
+           "masks": [], "mask_body_part": [], "images": [], "n_empty_masks": 0}
     for batch in pipeline.eval_batches(config, records):
         valid = batch["valid"]
         lesion = batch["mask"].reshape(len(valid), -1).any(axis=1)
@@ -96,6 +98,7 @@ def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *,
                 out["maps"][f"stage{stage}/{method}"].append(
                     np.asarray(maps_lib.postprocess(jnp.asarray(raw), size, size), np.float32))
         out["masks"].append(batch["mask"][keep].astype(np.uint8))
+        out["mask_body_part"].append(batch["body_part"][keep])
         if sum(len(x) for x in out["images"]) < figure_rows:
             out["images"].append(images[..., 0])
     cat = lambda xs, shape=(0,): np.concatenate(xs) if xs else np.zeros(shape)
@@ -104,10 +107,34 @@ def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *,
         "labels": cat(out["labels"]).astype(np.int32),
         "study_id": cat(out["study_id"]), "body_part": cat(out["body_part"]),
         "maps": {k: cat(v, (0, size, size)) for k, v in out["maps"].items()},
-        "masks": cat(out["masks"], (0, size, size)),
+        "masks": cat(out["masks"], (0, size, size)), "mask_body_part": cat(out["mask_body_part"]),
         "images": cat(out["images"], (0, size, size)),
         "n_empty_masks": out["n_empty_masks"],
     }
+
+
+def _labelled_splits(runs, config, split: str, data_dir, figure_rows: int):
+    """``(test, held, tau_source)``: the collected test split and the collected images that
+    choose thresholds (None where there are none).
+
+    With ``config.eval.lesion_labels`` (real data), the test records carry those clinician
+    masks and a held-out share of their patients chooses the thresholds
+    (`pcam_jax.data.clinician_labels`); otherwise the dataset's own masks and its
+    ``THRESHOLD_SPLIT`` (synthetic: heldout_labelled).
+    """
+    from pcam_jax.data import clinician_labels, pipeline
+
+    clinician_labels.check_config(config)  # the two label sets share no image
+    if clinician_labels.parse_sources(config.eval.get("lesion_labels", "")):
+        scored, held = clinician_labels.evaluation_records(
+            config, pipeline.load_records(config, split, data_dir), split)
+        test = _collect(runs, config, split, data_dir, figure_rows=figure_rows, records=scored)
+        held = _collect(runs, config, split, data_dir, records=held) if held is not None else None
+        return test, held, "held-out share of config.eval.lesion_labels"
+    test = _collect(runs, config, split, data_dir, figure_rows=figure_rows)
+    threshold_split = THRESHOLD_SPLIT.get(config.data.dataset)
+    held = _collect(runs, config, threshold_split, data_dir) if threshold_split else None
+    return test, held, threshold_split
 
 
 def _classification(test: dict, config) -> dict:
@@ -166,8 +193,12 @@ def _to_json(value):
 
 
 def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None = None,
-                     out_dir=None, which: str | int = "best", verbose: bool = True) -> dict:
-    """Evaluates every trained stage in `workdir`; writes and returns the metrics dict."""
+                     out_dir=None, which: str | int = "best", verbose: bool = True,
+                     lesion_labels: str | None = None) -> dict:
+    """Evaluates every trained stage in `workdir`; writes and returns the metrics dict.
+
+    ``lesion_labels`` overrides the run's ``config.eval.lesion_labels`` (clinician masks of
+    test images, `pcam_jax.data.clinician_labels`)."""
     workdir = pathlib.Path(workdir)
     out_dir = pathlib.Path(out_dir) if out_dir else workdir / "eval"
     stages = trained_stages(workdir)
@@ -177,6 +208,9 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
     t0 = time.perf_counter()
     runs = {s: analysis.load(workdir, s, which) for s in stages}
     config = runs[stages[-1]].config
+    if lesion_labels is not None:
+        with config.unlocked():
+            config.eval.lesion_labels = lesion_labels
     dataset = config.data.dataset
     data_dir = resolve_data_dir(config, data_dir)
     split = split or TEST_SPLIT.get(dataset, "test")
@@ -188,7 +222,7 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
 
     n_figure = int(config.eval.num_figure_images)
     n_trust = int(config.eval.get("trust_images", 0))
-    test = _collect(runs, config, split, data_dir, figure_rows=max(n_figure, n_trust))
+    test, held, threshold_split = _labelled_splits(runs, config, split, data_dir, max(n_figure, n_trust))
     metrics: dict[str, Any] = {
         "split": split, "dataset": dataset, "workdir": str(workdir),
         "checkpoint_steps": {f"stage{s}": r.step for s, r in runs.items()},
@@ -196,9 +230,6 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
     }
 
     if len(test["masks"]):  # _collect keeps only images with a lesion
-        threshold_split = THRESHOLD_SPLIT.get(dataset)
-        held = (_collect(runs, config, threshold_split, data_dir)
-                if threshold_split else None)
         loc, curves = {}, {}
         tolerance = localisation.pointing_tolerance(int(config.data.image_size), config.eval.pointing_tolerance)
         for name, maps in test["maps"].items():
@@ -214,6 +245,10 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
             precision, recall, _ = localisation.pixel_precision_recall(maps, test["masks"])
             curves[name] = (precision, recall)
         metrics["localisation"] = loc
+        if len(np.unique(test["mask_body_part"])) > 1:  # MURA, folders: localisation per body part
+            metrics["localisation_per_group"] = by_body_part.localisation_per_group(
+                test["maps"], test["masks"], test["mask_body_part"], {n: loc[n]["tau"] for n in loc},
+                float(config.eval.pointing_tolerance))
         out_dir.mkdir(parents=True, exist_ok=True)
         figures.pr_curves(curves).savefig(out_dir / "pr_curves.png", dpi=110, bbox_inches="tight")
         metrics.setdefault("figures", {})["pr_curves"] = "pr_curves.png"

@@ -23,6 +23,8 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pcam_jax.evaluation import by_body_part
+
 # (key, header, direction) of the localisation table; all higher-is-better.
 LOCALISATION_COLUMNS = (
     ("pointing_game", "Pointing game", "max"),
@@ -190,6 +192,17 @@ def _convention_line(localisation: Mapping[str, Mapping[str, Any]]) -> str:
         f"{m} {c or 'not recorded'}" for m, c in used.items()) + "."
 
 
+def _body_part_section(metrics: Mapping[str, Any]) -> list[str]:
+    """Localisation per body part next to its study-level kappa (`by_body_part.table`)."""
+    layout = by_body_part.table(metrics)
+    if layout is None:
+        return []
+    rows, columns, headers = layout
+    return ["## Per body part: study-level kappa and localisation", "",
+            format_table(rows, columns, headers=headers, row_header="body part"), "",
+            by_body_part.NOTE, ""]
+
+
 def write_report(path, metrics: Mapping[str, Any], notes: str = "",
                  sections: Sequence[tuple[str, str]] = ()) -> str:
     """Writes the Markdown report to `path` (parents created) and returns its text.
@@ -232,6 +245,7 @@ def write_report(path, metrics: Mapping[str, Any], notes: str = "",
                           format_table(rows, [k for k, _ in CLASSIFICATION_COLUMNS],
                                        headers=dict(CLASSIFICATION_COLUMNS), row_header="body part"), ""]
 
+    parts += _body_part_section(metrics)
     summary = _best_summary(localisation) if localisation else []
     figure_notes = _figure_notes(figures, localisation)
     if summary or figure_notes:

@@ -17,4 +17,4 @@ Pixel attributions (Integrated Gradients, SmoothGrad) are per pixel, not CAMs:
 # is reachable as pcam_jax.maps.X (as when maps was one module).
 from pcam_jax.maps.cams import *  # noqa: F401,F403
 from pcam_jax.maps.more_methods import *  # noqa: F401,F403
-from pcam_jax.maps.harness import METHODS, all_maps, make_all_maps_fn  # noqa: F401,E402
+from pcam_jax.maps.harness import METHODS, all_maps, make_all_maps_fn, maps_and_logits  # noqa: F401,E402

@@ -314,4 +314,3 @@ def score_cam(apply_fn: ApplyFn, images: Array, targets: Array | None = None, ch
     targets = _resolve_targets(targets, logits)
     weights = score_cam_weights(apply_fn, images, features, targets, chunk, channel_softmax)
     return jax.nn.relu(_weighted_sum(features, weights))
-

@@ -30,7 +30,16 @@ def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
 def all_maps(apply_fn: ApplyFn, weights: Array, images: Array, targets: Array | None = None,
              methods: Sequence[str] = METHODS, chunk: int = 32,
              head_fn: Callable[[Array], Array] | None = None) -> dict[str, Array]:
-    """``{method: maps (B, h, w)}`` for every requested method, sharing one forward pass.
+    """``{method: maps (B, h, w)}`` for every requested method, sharing one forward pass
+    (`maps_and_logits` without the logits)."""
+    return maps_and_logits(apply_fn, weights, images, targets, methods, chunk, head_fn)[1]
+
+
+def maps_and_logits(apply_fn: ApplyFn, weights: Array, images: Array, targets: Array | None = None,
+                    methods: Sequence[str] = METHODS, chunk: int = 32,
+                    head_fn: Callable[[Array], Array] | None = None) -> tuple[Array, dict[str, Array]]:
+    """``(logits (B, C), {method: maps (B, h, w)})`` for every requested method, sharing one forward
+    pass, so a caller gets the prediction and the maps without a second pass (`pcam_jax.inference`).
 
     CAM, positive CAM, EigenCAM and the gradient methods come from a single forward (plus a
     single VJP when a gradient method is asked for); Score-CAM adds its masked forwards and
@@ -59,7 +68,7 @@ def all_maps(apply_fn: ApplyFn, weights: Array, images: Array, targets: Array | 
             apply_fn, images, features, logits, targets, chunk, head_fn))),
         "eigen_cam": lambda: more.eigen_cam_from_features(features),
     }
-    return {m: compute[m]() for m in methods}
+    return logits, {m: compute[m]() for m in methods}
 
 
 def make_all_maps_fn(model, methods: Sequence[str] = METHODS, chunk: int = 32) -> Callable:

@@ -37,7 +37,7 @@ import numpy as np
 
 from pcam_jax import models
 from pcam_jax.errors import DivergenceError, Interrupted, NonFiniteLossError
-from pcam_jax.data import DEVICE_KEYS, resolve_data_dir
+from pcam_jax.data import DEVICE_KEYS, clinician_labels, resolve_data_dir
 from pcam_jax.metrics.classification import classification_metrics
 from pcam_jax.training import checkpointing, guards, mesh as mesh_lib, reporting, stages as stages_lib
 from pcam_jax.training import state as state_lib, steps
@@ -72,7 +72,10 @@ class PipelineData:
 
     def _split(self, split: str):
         if split not in self._records:
-            self._records[split] = self._pipeline.load_records(self._config, split, self._data_dir)
+            records = self._pipeline.load_records(self._config, split, self._data_dir)
+            if split == "train":  # clinician lesion labels (config.stage3.lesion_labels) join by path
+                records = clinician_labels.training_records(self._config, records, self._split("model_selection"))
+            self._records[split] = records
         return self._records[split]
 
     def _uint8(self, split: str):
@@ -371,6 +374,7 @@ def train_and_evaluate(config, workdir, stages: str | Iterable[int] = stages_lib
     for spec in stages_lib.STAGES.values():  # a bad setting of any stage fails before stage 1 trains
         spec.source(config)
     steps.check_config(config)
+    clinician_labels.check_config(config, any(stages_lib.get(s).needs_labelled for s in stages))
     mesh = mesh_lib.make_mesh() if mesh is None else mesh
     data = PipelineData(config, data_dir) if data is None else data
     own_reporter = reporter is None

@@ -1,0 +1,173 @@
+"""Clinician lesion labels named in the config, matched to a dataset's records by image path.
+
+Two label sets, each one or more sources (a folder of mask PNGs, a COCO ``.json``, a ``.csv`` of
+boxes; `pcam_jax.data.lesions`), given as a list or one comma-separated string:
+
+    config.stage3.lesion_labels   masks of train images: stage 3's L3 (about 100 images). Labels on
+                                  images of the model-selection split (a hashed patient slice of the
+                                  official train set) are counted and left unused.
+    config.eval.lesion_labels     masks of test-split images: localisation in `pcam-jax evaluate`.
+                                  The patients with the smallest hashes, ``config.eval.threshold_fraction``
+                                  of those labelled, are held out to choose IoU/Dice thresholds and
+                                  are not scored.
+
+An entry naming an image that is not in the splits it is for stops the run with one line naming
+the file, the entry and the fix, unless ``config.<section>.unmatched_labels = "drop"``. The two
+sets must not share an image (`check_config`). A run prints how many labels matched.
+Records get their masks through `pcam_jax.data.pipeline.attach_lesion_masks`.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+
+from pcam_jax.data import lesions
+
+UNMATCHED_POLICIES = ("error", "drop")
+NEEDS_LABELS = ("mura", "folder")  # datasets without masks of their own
+_LISTED = 3
+
+
+class LabelMatchError(ValueError):
+    """Label entries that match no record (or a forbidden split); the message names them."""
+
+
+def parse_sources(value) -> tuple[str, ...]:
+    """``""`` -> (), ``"a.json,b.csv"`` or ``["a.json", "b.csv"]`` -> ("a.json", "b.csv")."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(str(s).strip() for s in items if str(s).strip())
+
+
+def _policy(config, section: str) -> str:
+    policy = str(config[section].get("unmatched_labels", "error"))
+    if policy not in UNMATCHED_POLICIES:
+        raise ValueError(f"config.{section}.unmatched_labels must be one of {UNMATCHED_POLICIES}, "
+                         f"got {policy!r}")
+    return policy
+
+
+def check_config(config, needs_labelled: bool = False) -> None:
+    """Fails before any training: stage-3 labels missing where the dataset has none, a bad
+    policy, or an image labelled in both sets (it would be scored on what it trained on)."""
+    train_sources = parse_sources(config.stage3.get("lesion_labels", ""))
+    eval_sources = parse_sources(config.eval.get("lesion_labels", ""))
+    _policy(config, "stage3"), _policy(config, "eval")
+    if needs_labelled and not train_sources and config.data.dataset in NEEDS_LABELS:
+        raise ValueError(
+            f"stage 3 needs lesion labels, and dataset {config.data.dataset!r} has none of its own: "
+            "set --config.stage3.lesion_labels=FILE[,FILE] (COCO .json, box .csv or a folder of "
+            "mask PNGs keyed by image path; see pcam_jax/data/lesions.py).")
+    if train_sources and eval_sources:
+        both = (set().union(*(lesions.label_paths(s) for s in train_sources))
+                & set().union(*(lesions.label_paths(s) for s in eval_sources)))
+        if both:
+            raise ValueError(
+                f"config.stage3.lesion_labels and config.eval.lesion_labels both label {len(both)} "
+                f"image(s), e.g. {sorted(both)[0]!r}: evaluation must use images stage 3 never "
+                "trained on; remove them from one of the two sets.")
+
+
+def match(sources, sizes_by_split: dict[str, dict], *, use: tuple[str, ...], field: str,
+          unmatched: str = "error") -> dict:
+    """Masks of ``sources`` on the images of ``use``; prints what matched.
+
+    Args:
+      sizes_by_split: {split: {path: (H, W)}} of every split an entry may name (others' entries
+        count as unmatched), as from `pcam_jax.data.pipeline.image_sizes`.
+      use: the splits whose masks are returned; masks on the other splits are counted only.
+    Returns {path: uint8 (H, W)}; several entries (or sources) of one image are united.
+    """
+    sizes, split_of = {}, {}
+    for split, split_sizes in sizes_by_split.items():
+        sizes.update(split_sizes)
+        split_of.update(dict.fromkeys(split_sizes, split))
+    unknown, masks = [], {}
+    for source in sources:
+        for path, mask in lesions.load_lesion_masks(source, sizes, unknown=unknown).items():
+            masks[path] = masks[path] | mask if path in masks else mask
+    where = " or ".join(sizes_by_split)
+    section = field.split(".")[1]
+    if unknown and unmatched == "error":
+        raise LabelMatchError(
+            f"{field}: {len(unknown)} label entr{'y names' if len(unknown) == 1 else 'ies name'} no "
+            f"image of the {where} split: {'; '.join(unknown[:_LISTED])}"
+            f"{'; ...' if len(unknown) > _LISTED else ''}. Use the image paths the dataset records "
+            f"(e.g. 'MURA-v1.1/train/XR_WRIST/patient00001/study1_positive/image1.png'), or set "
+            f"--config.{section}.unmatched_labels=drop to skip them.")
+    used = {p: m for p, m in masks.items() if split_of[p] in use}
+    elsewhere = collections.Counter(split_of[p] for p in masks if p not in used)
+    notes = [f"{n} on {split} images (unused)" for split, n in sorted(elsewhere.items())]
+    if unknown:
+        notes.append(f"{len(unknown)} unmatched entries dropped")
+    print(f"{field}: {len(used)} labelled {'/'.join(use)} images from {len(sources)} source(s)"
+          + (f"; {', '.join(notes)}" if notes else ""), flush=True)
+    if not used:
+        raise LabelMatchError(f"{field}: no label falls on a {'/'.join(use)} image; nothing to "
+                              f"{'train on' if section == 'stage3' else 'score'}.")
+    return used
+
+
+def training_records(config, train_records, model_selection_records):
+    """Train records with the masks of ``config.stage3.lesion_labels`` attached (lesion_labelled
+    True on those images); the records unchanged when no labels are configured."""
+    sources = parse_sources(config.stage3.get("lesion_labels", ""))
+    if not sources:
+        return train_records
+    from pcam_jax.data import pipeline
+
+    sizes = {"train": pipeline.image_sizes(train_records),
+             "model_selection": pipeline.image_sizes(model_selection_records)}
+    masks = match(sources, sizes, use=("train",), field="config.stage3.lesion_labels",
+                  unmatched=_policy(config, "stage3"))
+    return pipeline.attach_lesion_masks(train_records, masks)
+
+
+def threshold_patients(patients, fraction: float) -> set[str]:
+    """The patients whose labelled images choose thresholds: the ``round(fraction * n)`` with the
+    smallest hashes (at least one, and at least one left to score, when n >= 2)."""
+    patients = sorted(set(patients))
+    if fraction <= 0 or len(patients) < 2:
+        return set()
+    key = lambda p: hashlib.sha256(f"lesion-threshold/{p}".encode()).digest()
+    count = min(max(round(fraction * len(patients)), 1), len(patients) - 1)
+    return set(sorted(patients, key=key)[:count])
+
+
+def _paths_and_patients(records) -> dict[str, str]:
+    """{path: patient_id} (the study id, else the path, where records carry no patient)."""
+    key = next((k for k in ("patient_id", "study_id") if k in records.element_spec), "path")
+    return {p.decode(): q.decode() for p, q in
+            records.map(lambda r: (r["path"], r[key])).as_numpy_iterator()}
+
+
+def evaluation_records(config, records, split: str):
+    """``(scored, held_out)`` records of the test split with ``config.eval.lesion_labels``.
+
+    ``scored``: every test record (classification is scored on all), the masks of the
+    non-held-out patients attached. ``held_out``: only the held-out patients' labelled images,
+    with their masks, for choosing thresholds; None when none are held out. Without configured
+    labels: ``(records, None)`` unchanged.
+    """
+    sources = parse_sources(config.eval.get("lesion_labels", ""))
+    if not sources:
+        return records, None
+    from pcam_jax.data import pipeline
+
+    tf = pipeline.tf
+    masks = match(sources, {split: pipeline.image_sizes(records)}, use=(split,),
+                  field="config.eval.lesion_labels", unmatched=_policy(config, "eval"))
+    patient_of = _paths_and_patients(records)
+    held = threshold_patients({patient_of[p] for p in masks}, float(config.eval.threshold_fraction))
+    held_masks = {p: m for p, m in masks.items() if patient_of[p] in held}
+    scored_masks = {p: m for p, m in masks.items() if p not in held_masks}
+    print(f"config.eval.lesion_labels: {len(scored_masks)} images scored, {len(held_masks)} "
+          f"({len(held)} patients) held out to choose thresholds", flush=True)
+    scored = pipeline.attach_lesion_masks(records, scored_masks)
+    if not held_masks:
+        return scored, None
+    held_paths = tf.constant(sorted(held_masks))
+    held_records = records.filter(lambda r: tf.reduce_any(tf.equal(r["path"], held_paths)))
+    return scored, pipeline.attach_lesion_masks(held_records, held_masks)
