@@ -43,7 +43,7 @@ DECODER = maps_lib.DECODER
 @functools.lru_cache(maxsize=64)
 def _matrix(n_in: int, n_out: int) -> np.ndarray:
     # Half-pixel centres clamped at the borders: tf.image.resize's bilinear (antialias=False).
-    return maps_lib._interpolation_matrix(n_in, n_out, align_corners=False)
+    return maps_lib.interpolation_matrix(n_in, n_out, align_corners=False)
 
 
 def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:

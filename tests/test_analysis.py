@@ -86,9 +86,9 @@ def test_evaluate_in_a_fresh_process_reproduces_the_numbers(workdir):
     from pcam_jax.evaluation.evaluate import evaluate_workdir
 
     metrics = evaluate_workdir(workdir, verbose=False)
-    methods = {"stage1/cam", "stage1/positive_cam", "stage1/grad_cam", "stage1/grad_cam_pp",
-               "stage1/layer_cam", "stage1/score_cam", "stage2/positive_cam", "stage3/decoder",
-               "stage3/positive_cam"}
+    methods = {f"stage1/{m}" for m in ("cam", "positive_cam", "grad_cam", "grad_cam_pp", "layer_cam", "score_cam",
+                                        "hires_cam", "xgrad_cam", "ablation_cam", "eigen_cam")}
+    methods |= {"stage2/positive_cam", "stage3/decoder", "stage3/positive_cam"}
     assert set(metrics["localisation"]) == methods
     for name in ("metrics.json", "report.md", "figure2.png", "pr_curves.png", "confusion_matrix.png"):
         assert (workdir / "eval" / name).is_file(), name

@@ -267,4 +267,4 @@ def test_parse_stages():
     assert stages.parse("3,1") == (1, 3)
     assert stages.parse((2,)) == (2,)
     with pytest.raises(ValueError, match="subset of 1,2,3"):
-        stages.parse("1,4")
+        stages.parse("1,5")

@@ -112,9 +112,6 @@ def test_two_processes_end_at_the_one_process_parameters(reference, killed_then_
     assert not np.allclose(models.head_kernel(stage1["params"]), models.head_kernel(stage3["params"]))
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: StageCheckpoints.restore_variables builds its target from "
-                   "item_metadata, which Orbax returns as None when the saving devices (ids 2048, 2049 of "
-                   "process 1) are absent; the loop's restore with explicit shardings works (test above)")
 def test_restore_for_eval_reads_a_two_process_checkpoint(killed_then_resumed):
     workdir, _, _, _ = killed_then_resumed
     checkpointing.restore_for_eval(workdir, 3, "latest")

@@ -166,6 +166,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     from absl import flags
 
     name = argv[0].split()[-1]
+    # ml_collections defines a flag per overridden field when it parses --config; a second
+    # command in the same process (a notebook, the tests) would define them again and fail.
+    for stale in [flag for flag in flags.FLAGS if flag.startswith("config.")]:
+        delattr(flags.FLAGS, stale)
     try:
         rest = flags.FLAGS(argv)
         config = flags.FLAGS.config if "config" in flags.FLAGS else None

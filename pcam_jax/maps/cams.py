@@ -54,7 +54,7 @@ def _resolve_targets(targets: Array | None, logits: Array) -> Array:
     return jnp.asarray(targets)
 
 
-def _interpolation_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
+def interpolation_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
     """(n_out, n_in) linear-interpolation weights along one axis (built at trace time).
 
     ``align_corners=False``: half-pixel centres clamped at the edges, as OpenCV's INTER_LINEAR
@@ -78,8 +78,8 @@ def _interpolation_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndar
 
 def _resize_spatial(x: Array, height: int, width: int, align_corners: bool = False) -> Array:
     """Bilinear resize of axes 1 and 2 of a (B, h, w, ...) array to (B, height, width, ...)."""
-    rows = jnp.asarray(_interpolation_matrix(x.shape[1], height, align_corners), x.dtype)
-    cols = jnp.asarray(_interpolation_matrix(x.shape[2], width, align_corners), x.dtype)
+    rows = jnp.asarray(interpolation_matrix(x.shape[1], height, align_corners), x.dtype)
+    cols = jnp.asarray(interpolation_matrix(x.shape[2], width, align_corners), x.dtype)
     # Two small matmuls (separable interpolation): cheap, exact, and shard-friendly on B.
     return jnp.einsum("Hh,bhw...,Ww->bHW...", rows, x, cols, precision=_HIGHEST)
 
