@@ -293,13 +293,13 @@ def random_logit_test(maps_fn: MapsFn, variables: Mapping, images, targets, num_
     others = other_classes(key, jnp.asarray(targets), num_classes)
 
     @jax.jit
-    def run(batch, chosen, other):
-        target_maps = _postprocessed(maps_fn, variables, batch, chosen)
-        other_maps = _postprocessed(maps_fn, variables, batch, other)
+    def run(model_variables, batch, chosen, other):  # variables as an argument: never fold the network
+        target_maps = _postprocessed(maps_fn, model_variables, batch, chosen)
+        other_maps = _postprocessed(maps_fn, model_variables, batch, other)
         both = {m: jnp.stack([target_maps[m], other_maps[m]]) for m in target_maps}
         return both, {m: similarity(target_maps[m], other_maps[m]) for m in target_maps}
 
-    both, scores = run(jnp.asarray(images), jnp.asarray(targets), others)
+    both, scores = run(variables, jnp.asarray(images), jnp.asarray(targets), others)
     result = {"other_classes": np.asarray(others), "maps": {m: np.asarray(v) for m, v in both.items()}}
     for metric in ("spearman", "abs_spearman", "ssim"):
         result[metric] = {m: np.asarray(s[metric]) for m, s in scores.items()}

@@ -36,21 +36,19 @@ def _settings(config) -> dict:
                 seed=int(config.seed))
 
 
-def _prob_fn(run):
-    model, variables = run.model, run.variables
-    return lambda x: abnormal_probability(model, variables, x)[0]
-
-
 def faithfulness_figures(run, images: np.ndarray, maps: dict[str, np.ndarray], *, steps: int = 20,
                          road_iterations: int = 100, seed: int = 0) -> dict[str, dict[str, float]]:
     """{method: {deletion_auc, insertion_auc, road_morf, road_lerf, road_combined, average_drop,
     average_increase}} for maps (N, S, S) in [0, 1] of images (N, S, S, 1), abnormal class."""
-    prob_fn = _prob_fn(run)
+    model = run.model
     x = jnp.asarray(images, jnp.float32)
     key = jax.random.key(seed)
 
+    # Variables and images are arguments, never closed over: XLA would fold the whole network
+    # on constant inputs at compile time (minutes).
     @jax.jit
-    def figures(saliency):
+    def figures(variables, x, saliency, key):
+        prob_fn = lambda images: abnormal_probability(model, variables, images)[0]
         deletion = faithfulness.deletion_curve(prob_fn, x, saliency, num_steps=steps)
         insertion = faithfulness.insertion_curve(prob_fn, x, saliency, num_steps=steps)
         morf = faithfulness.road_curve(prob_fn, x, saliency, key, most_relevant_first=True,
@@ -64,7 +62,8 @@ def faithfulness_figures(run, images: np.ndarray, maps: dict[str, np.ndarray], *
                 "road_combined": faithfulness.road_combined(morf, lerf),
                 "average_drop": 100.0 * change["drop"], "average_increase": 100.0 * change["increase"]}
 
-    return {method: {k: float(np.mean(v)) for k, v in jax.device_get(figures(jnp.asarray(m, jnp.float32))).items()}
+    return {method: {k: float(np.mean(v)) for k, v in
+                     jax.device_get(figures(run.variables, x, jnp.asarray(m, jnp.float32), key)).items()}
             for method, m in maps.items()}
 
 
