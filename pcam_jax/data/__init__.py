@@ -30,6 +30,8 @@ Batches (what `pcam_jax.data.pipeline` yields, numpy, per process):
 
 import os
 
+import numpy as np
+
 DEVICE_KEYS = ("image", "label", "mask", "has_mask", "valid")
 CLASS_NAMES = ("normal", "abnormal")
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"  # TFDS's own default
@@ -39,3 +41,22 @@ def resolve_data_dir(config, data_dir: str | None = None) -> str:
     """The TFDS data directory: ``data_dir`` if given, else ``config.data.data_dir``, else
     `DEFAULT_DATA_DIR`; ``~`` expanded. The one place this default is decided."""
     return os.path.expanduser(str(data_dir or config.data.data_dir or DEFAULT_DATA_DIR))
+
+
+
+def record_features():
+    """The TFDS features of a record of real radiographs (MURA, a folder): the contract above.
+
+    Images of any size, stored as single-channel PNG; TFDS is imported only here (lazily).
+    """
+    import tensorflow_datasets as tfds
+
+    text = tfds.features.Text()
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+        "label": tfds.features.ClassLabel(names=CLASS_NAMES),
+        "lesion_mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+        "has_mask": np.bool_,
+        "lesion_labelled": np.bool_,
+        "path": text, "study_id": text, "patient_id": text, "body_part": text,
+    })

@@ -51,7 +51,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from pcam_jax.data import CLASS_NAMES
+from pcam_jax.data import record_features
 from pcam_jax.data.mura import in_model_selection
 from pcam_jax.data.radiographs import RadiographReadError, read_radiograph_with_info, to_uint8
 
@@ -214,17 +214,9 @@ class RadiographFolder(tfds.core.GeneratorBasedBuilder):
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        text = tfds.features.Text()
         return self.dataset_info_from_configs(
             description="The user's radiographs from a folder and a CSV (see pcam_jax.data.folder).",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-                "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-                "lesion_mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-                "has_mask": np.bool_,
-                "lesion_labelled": np.bool_,
-                "path": text, "study_id": text, "patient_id": text, "body_part": text,
-            }),
+            features=record_features(),
             supervised_keys=("image", "label"),
             metadata=tfds.core.MetadataDict(),
         )

@@ -47,7 +47,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from pcam_jax.data import CLASS_NAMES
+from pcam_jax.data import record_features
 
 MURA_ROOT = "MURA-v1.1"
 OFFICIAL_SPLITS = ("train", "valid")
@@ -240,17 +240,9 @@ class Mura(tfds.core.GeneratorBasedBuilder):
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        text = tfds.features.Text()
         return self.dataset_info_from_configs(
             description="MURA v1.1 bone radiographs; labels per study (see pcam_jax.data.mura).",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-                "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-                "lesion_mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-                "has_mask": np.bool_,
-                "lesion_labelled": np.bool_,
-                "path": text, "study_id": text, "patient_id": text, "body_part": text,
-            }),
+            features=record_features(),
             supervised_keys=("image", "label"),
             homepage="https://stanfordmlgroup.github.io/competitions/mura/",
             metadata=tfds.core.MetadataDict(),

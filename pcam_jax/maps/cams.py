@@ -243,22 +243,22 @@ def layer_cam_from_gradients(features: Array, grads: Array) -> Array:
     return jax.nn.relu(jnp.sum(jax.nn.relu(grads) * features, axis=-1))
 
 
-def grad_cam(apply_fn: ApplyFn, images: Array, targets: Array | None = None) -> Array:
-    """Grad-CAM (Selvaraju et al. 2017) maps (B, h, w); targets None = predicted class."""
-    _, features, grads, _ = forward_and_gradients(apply_fn, images, targets)
-    return grad_cam_from_gradients(features, grads)
+def gradient_method(weighting: Callable[[Array, Array], Array], doc: str) -> Callable:
+    """``method(apply_fn, images, targets=None) -> maps (B, h, w)``: one forward + one VJP, then
+    ``weighting(features, grads)`` (each gradient-based CAM differs only in that weighting)."""
+
+    def method(apply_fn: ApplyFn, images: Array, targets: Array | None = None) -> Array:
+        _, features, grads, _ = forward_and_gradients(apply_fn, images, targets)
+        return weighting(features, grads)
+
+    method.__doc__ = doc + " Maps (B, h, w); targets None = predicted class."
+    method.__name__ = method.__qualname__ = weighting.__name__.replace("_from_gradients", "")
+    return method
 
 
-def grad_cam_pp(apply_fn: ApplyFn, images: Array, targets: Array | None = None) -> Array:
-    """Grad-CAM++ (Chattopadhyay et al. 2018) maps (B, h, w); targets None = predicted class."""
-    _, features, grads, _ = forward_and_gradients(apply_fn, images, targets)
-    return grad_cam_pp_from_gradients(features, grads)
-
-
-def layer_cam(apply_fn: ApplyFn, images: Array, targets: Array | None = None) -> Array:
-    """LayerCAM (Jiang et al. 2021) maps (B, h, w); targets None = predicted class."""
-    _, features, grads, _ = forward_and_gradients(apply_fn, images, targets)
-    return layer_cam_from_gradients(features, grads)
+grad_cam = gradient_method(grad_cam_from_gradients, "Grad-CAM (Selvaraju et al. 2017).")
+grad_cam_pp = gradient_method(grad_cam_pp_from_gradients, "Grad-CAM++ (Chattopadhyay et al. 2018).")
+layer_cam = gradient_method(layer_cam_from_gradients, "LayerCAM (Jiang et al. 2021).")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,8 +27,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from pcam_jax.maps.cams import (_HIGHEST, ApplyFn, Array, _one_hot, _resolve_targets, _weighted_sum,
-                                forward_and_gradients)
+from pcam_jax.maps.cams import _HIGHEST, ApplyFn, Array, _one_hot, _resolve_targets, _weighted_sum, gradient_method
 
 HeadFn = Callable[[Array], Array]
 ABLATION_OFFSET = 1e7  # pytorch-grad-cam's ABLATION_VALUE for features that can be negative
@@ -49,16 +48,8 @@ def xgrad_cam_from_gradients(features: Array, grads: Array, eps: float = 1e-7) -
     return jax.nn.relu(_weighted_sum(features, weights))
 
 
-def hires_cam(apply_fn: ApplyFn, images: Array, targets: Array | None = None) -> Array:
-    """HiResCAM maps (B, h, w); targets None = predicted class."""
-    _, features, grads, _ = forward_and_gradients(apply_fn, images, targets)
-    return hires_cam_from_gradients(features, grads)
-
-
-def xgrad_cam(apply_fn: ApplyFn, images: Array, targets: Array | None = None) -> Array:
-    """XGradCAM maps (B, h, w); targets None = predicted class."""
-    _, features, grads, _ = forward_and_gradients(apply_fn, images, targets)
-    return xgrad_cam_from_gradients(features, grads)
+hires_cam = gradient_method(hires_cam_from_gradients, "HiResCAM (Draelos & Carin 2020).")
+xgrad_cam = gradient_method(xgrad_cam_from_gradients, "XGradCAM (Fu et al. 2020).")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -86,22 +86,23 @@ class PipelineData:
             self._config, split, self._data_dir, lambda: self._split(split),
             self._pipeline.num_examples(self._config, split, self._data_dir))
 
-    def train_batches(self, *, seed, start_step):
+    def _train_stream(self, stream: str, seed: int, start_step: int):
+        """``train_batches`` or ``labelled_batches`` of the train split: from the uint8 cache
+        (augmented on the device) or through the tf.data pipeline (augmented on the host)."""
         if self._config.data.get("augment_on", "host") == "device":
-            cache_lib, cache = self._uint8("train")
-            return cache_lib.train_batches(self._config, cache, seed=seed, start_step=start_step, **self._process)
-        return self._pipeline.train_batches(self._config, self._split("train"), seed=seed,
-                                            start_step=start_step, **self._process)
+            source, records = self._uint8("train")
+        else:
+            source, records = self._pipeline, self._split("train")
+        return getattr(source, stream)(self._config, records, seed=seed, start_step=start_step, **self._process)
+
+    def train_batches(self, *, seed, start_step):
+        return self._train_stream("train_batches", seed, start_step)
 
     def eval_batches(self):
         return self._pipeline.eval_batches(self._config, self._split("model_selection"), **self._process)
 
     def labelled_batches(self, *, seed, start_step):
-        if self._config.data.get("augment_on", "host") == "device":
-            cache_lib, cache = self._uint8("train")
-            return cache_lib.labelled_batches(self._config, cache, seed=seed, start_step=start_step, **self._process)
-        return self._pipeline.labelled_batches(self._config, self._split("train"), seed=seed,
-                                               start_step=start_step, **self._process)
+        return self._train_stream("labelled_batches", seed, start_step)
 
 
 def prefetch_to_device(batches: Iterable[dict], mesh, depth: int = 2) -> Iterator[tuple[dict, dict]]:
