@@ -5,32 +5,18 @@ import json
 import pathlib
 import subprocess
 import sys
-from unittest import mock
 
 import jax
 import numpy as np
 import pytest
 
-from pcam_jax import cli
+from tests.commands import pcam_jax_command
 from pcam_jax.training import checkpointing
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")  # see conftest.py
-
-
-def pcam_jax_command(*args):
-    """Run `pcam-jax ARGS` in this process; its exit status (absl exits through SystemExit).
-
-    sys.argv is set as the console script would see it: ml_collections finds the
-    ``--config.a.b=value`` overrides there.
-    """
-    argv = ["pcam-jax", *args]
-    with pytest.raises(SystemExit) as exit_info, mock.patch.object(sys, "argv", argv):
-        cli.main(argv)
-    code = exit_info.value.code
-    return 0 if code is None else code
 
 
 @pytest.fixture(scope="module")

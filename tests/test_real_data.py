@@ -5,27 +5,16 @@ per-body-part kappa and localisation; and the one-line errors of bad label files
 import contextlib
 import io
 import json
-import sys
-from unittest import mock
 
 import numpy as np
 import pytest
 
-from pcam_jax import cli
+from tests.commands import pcam_jax_command
 from pcam_jax.data import clinician_labels, lesions, mura_world
 from pcam_jax.training import checkpointing
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")  # see conftest.py
 slow = pytest.mark.slow  # three stages and an evaluation: minutes on a busy 2-core machine
-
-
-def pcam_jax_command(*args):
-    """`pcam-jax ARGS` in this process; its exit status."""
-    argv = ["pcam-jax", *map(str, args)]
-    with pytest.raises(SystemExit) as exit_info, mock.patch.object(sys, "argv", argv):
-        cli.main(argv)
-    code = exit_info.value.code
-    return 0 if code is None else code
 
 
 @pytest.fixture(scope="module")
