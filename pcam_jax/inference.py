@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pcam_jax import maps as maps_lib
-from pcam_jax.models import ABNORMAL, PCAMNet, classifier_apply_fn, head_kernel
+from pcam_jax.models import ABNORMAL, PCAMNet, classifier_apply_fn, head_kernel, probability_of_abnormal
 
 DECODER = maps_lib.DECODER
 
@@ -116,7 +116,7 @@ def make_predict_and_map_fn(model: PCAMNet, method: str, chunk: int = 32):
                 classifier_apply_fn(model, variables), head_kernel(variables["params"]), images,
                 targets, (method,), chunk)
             raw = found[method]
-        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[:, ABNORMAL]
+        probs = probability_of_abnormal(logits)  # the maps' own forward: no second pass
         return probs, raw
 
     return fn

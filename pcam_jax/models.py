@@ -217,7 +217,12 @@ def abnormal_probability(model: "PCAMNet", variables: dict, images: Array) -> tu
     """
     logits, _ = model.apply(variables, images, train=False)
     logits = logits.astype(jnp.float32)
-    return jax.nn.softmax(logits, axis=-1)[:, ABNORMAL], logits
+    return probability_of_abnormal(logits), logits
+
+
+def probability_of_abnormal(logits: Array) -> Array:
+    """P(abnormal) (B,) from logits (B, C), in float32: the one definition of the score."""
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[:, ABNORMAL]
 
 
 def create_model(model_config: Any) -> PCAMNet:
