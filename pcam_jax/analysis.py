@@ -4,6 +4,8 @@
     run = pcam_jax.load("work/demo", stage=3)
     probs = run.predict(images)                      # (B,) probability of "abnormal"
     maps = run.maps(images, method="positive_cam")   # (B, H, W) in [0, 1], at the input size
+    faith = run.faithfulness(images, method="positive_cam")  # {"deletion_auc": (B,), "road_combined": ...}
+    checks = run.sanity(images[:4], methods=("cam", "grad_cam"))  # cascading randomisation, random logit
 
 Everything comes from the checkpoint in the work directory: the config (so the right network
 is rebuilt), the parameters and the BatchNorm statistics. Images may be numpy or JAX arrays of
@@ -88,8 +90,11 @@ class Run:
         self._decoder = jax.jit(lambda v, x: model.apply(v, x, method=PCAMNet.segment))
         self._maps_fns = {}
 
-    def _maps_fn(self, methods: tuple[str, ...]):
-        if methods not in self._maps_fns:  # one jitted program per method set
+    def maps_function(self, methods: tuple[str, ...]):
+        """The jitted ``fn(variables, images, targets) -> {method: raw map}`` of classifier ``methods``
+        (`pcam_jax.maps.make_all_maps_fn`), made once per method set and kept: one compilation."""
+        methods = tuple(methods)
+        if methods not in self._maps_fns:
             self._maps_fns[methods] = maps_lib.make_all_maps_fn(
                 self.model, methods, chunk=int(self.config.eval.score_cam_chunk))
         return self._maps_fns[methods]
@@ -98,10 +103,7 @@ class Run:
         """Yields (padded chunk, number of real rows) in fixed-size chunks (one compilation)."""
         for start in range(0, len(x), self.chunk):
             part = x[start:start + self.chunk]
-            n = len(part)
-            if n < self.chunk:
-                part = np.concatenate([part, np.zeros((self.chunk - n,) + part.shape[1:], part.dtype)])
-            yield part, n
+            yield maps_lib.pad_batch(part, self.chunk), len(part)
 
     def predict(self, images) -> np.ndarray:
         """Probability of the abnormal class, (B,)."""
@@ -129,13 +131,50 @@ class Run:
         for start, (part, n) in zip(range(0, len(model_images), self.chunk), self._chunks(model_images)):
             if classifier_methods:
                 t = (np.ones(len(part), np.int32) if targets is None
-                     else _pad(np.asarray(targets, np.int32)[start:start + n], len(part)))
-                result = self._maps_fn(classifier_methods)(self.variables, part, t)
+                     else maps_lib.pad_batch(np.asarray(targets, np.int32)[start:start + n], len(part)))
+                result = self.maps_function(classifier_methods)(self.variables, part, t)
                 for m in classifier_methods:
                     out[m].append(np.asarray(result[m])[:n])
             if DECODER in methods:
                 out[DECODER].append(np.asarray(self._decoder(self.variables, part))[:n])
         return {m: np.concatenate(v) for m, v in out.items()}
+
+    def faithfulness(self, images, method: str = "positive_cam", *, steps: int = 20,
+                     road_iterations: int = 100, seed: int = 0) -> dict[str, np.ndarray]:
+        """How far the classifier's abnormal-class decision lives where ``method``'s map points.
+
+        Images as for `maps`; the figures are computed at the model's input size, per image:
+        {"deletion_auc" (pixels set to 0 most relevant first, ``steps`` steps; lower is more
+        faithful), "insertion_auc" (restored onto a blurred image; higher), "road_morf",
+        "road_lerf", "road_combined" ((LeRF - MoRF) / 2 with noisy linear imputation, ``road_iterations``
+        conjugate-gradient iterations; higher), "average_drop", "average_increase" (percent)},
+        each (B,). One jitted program per (method set, steps), in chunks of `chunk` images
+        (`pcam_jax.map_trust`, metrics in `pcam_jax.faithfulness`).
+        """
+        from pcam_jax import map_trust
+
+        x = as_model_input(images, self.image_size)
+        raw = self.raw_maps(x, (method,))[method]
+        saliency = np.asarray(maps_lib.postprocess(jnp.asarray(raw), self.image_size, self.image_size))
+        key = ("faithfulness", int(steps), int(road_iterations))
+        if key not in self._maps_fns:
+            self._maps_fns[key] = map_trust.faithfulness_program(self.model, steps=int(steps),
+                                                                 road_iterations=int(road_iterations))
+        return map_trust.faithfulness_figures(self, x, {method: saliency}, seed=seed, chunk=self.chunk,
+                                              program=self._maps_fns[key])[method]
+
+    def sanity(self, images, methods=("cam", "positive_cam", "grad_cam"), *, seed: int = 0) -> dict:
+        """Adebayo et al.'s sanity checks of classifier map ``methods`` on ``images`` (as for `maps`):
+        cascading randomisation (head, then encoder blocks top down, re-initialised) and the
+        random-logit test. Returns {"steps", "cascade": {method: {"ssim": [per step], "spearman",
+        "passes"}}, "random_logit": {method: {"ssim", "spearman"}}, "maps"} (`pcam_jax.map_trust`)."""
+        from pcam_jax import map_trust
+
+        unknown = [m for m in methods if m not in maps_lib.METHODS]
+        if unknown:
+            raise ValueError(f"sanity checks are for classifier maps; unknown or not a classifier map: {unknown}; "
+                             f"choose from {maps_lib.METHODS}")
+        return map_trust.sanity_figures(self, as_model_input(images, self.image_size), tuple(methods), seed=seed)
 
     def maps(self, images, method: str = "positive_cam", targets=None) -> np.ndarray:
         """(B, H, W) map in [0, 1] at the input images' size; see the module docstring."""
@@ -145,10 +184,6 @@ class Run:
         shape = np.asarray(images).shape
         height, width = (shape[0], shape[1]) if np.asarray(images).ndim == 2 else (shape[1], shape[2])
         return np.asarray(maps_lib.postprocess(jnp.asarray(raw), height, width))
-
-
-def _pad(a: np.ndarray, n: int) -> np.ndarray:
-    return np.concatenate([a, np.zeros((n - len(a),) + a.shape[1:], a.dtype)]) if len(a) < n else a
 
 
 def load(workdir, stage: int = 3, which: str | int = "best") -> Run:

@@ -213,6 +213,15 @@ def _postprocessed(maps_fn: MapsFn, variables, images, targets) -> dict[str, Arr
     return {method: saliency_maps.postprocess(m, height, width) for method, m in raw.items()}
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _cascade_program(maps_fn: MapsFn, stacked_variables, batch, chosen):
+    """Every step's maps (a `lax.map` over the stacked variable sets) and their similarity to
+    step 0. Module-level with ``maps_fn`` static: one compilation per maps function and shape,
+    reused by later checks (a closure jitted per call would recompile every time)."""
+    per_step = jax.lax.map(lambda v: _postprocessed(maps_fn, v, batch, chosen), stacked_variables)
+    return per_step, {method: similarity(m[0], m) for method, m in per_step.items()}
+
+
 def cascading_randomisation(maps_fn: MapsFn, variables: Mapping, fresh_variables: Mapping, images,
                             targets=None, steps: Sequence[Step] | None = None,
                             randomise_batch_stats: bool = True) -> dict:
@@ -237,14 +246,7 @@ def cascading_randomisation(maps_fn: MapsFn, variables: Mapping, fresh_variables
     stacked = cascade_variables(variables, fresh_variables, steps, randomise_batch_stats)
     images = jnp.asarray(images)
     targets = None if targets is None else jnp.asarray(targets)
-
-    @jax.jit
-    def run(stacked_variables, batch, chosen):
-        per_step = jax.lax.map(lambda v: _postprocessed(maps_fn, v, batch, chosen), stacked_variables)
-        scores = {method: similarity(m[0], m) for method, m in per_step.items()}
-        return per_step, scores
-
-    per_step, scores = run(stacked, images, targets)
+    per_step, scores = _cascade_program(maps_fn, stacked, images, targets)
     result = {"steps": ["original"] + [name for name, _ in steps],
               "maps": {method: np.asarray(m) for method, m in per_step.items()}}
     for metric in ("spearman", "abs_spearman", "ssim"):
@@ -280,6 +282,16 @@ def other_classes(key: Array, targets: Array, num_classes: int) -> Array:
     return (jnp.asarray(targets) + shift) % num_classes
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _random_logit_program(maps_fn: MapsFn, model_variables, batch, chosen, other):
+    """Maps for the target and the other class, and their similarity (variables as an argument:
+    never fold the network; module-level so that it compiles once per maps function and shape)."""
+    target_maps = _postprocessed(maps_fn, model_variables, batch, chosen)
+    other_maps = _postprocessed(maps_fn, model_variables, batch, other)
+    both = {m: jnp.stack([target_maps[m], other_maps[m]]) for m in target_maps}
+    return both, {m: similarity(target_maps[m], other_maps[m]) for m in target_maps}
+
+
 def random_logit_test(maps_fn: MapsFn, variables: Mapping, images, targets, num_classes: int,
                       key: Array) -> dict:
     """Similarity of each method's map for a random other class to its map for the target class.
@@ -291,15 +303,7 @@ def random_logit_test(maps_fn: MapsFn, variables: Mapping, images, targets, num_
        "spearman", "abs_spearman", "ssim": {method: (B,)}} as numpy.
     """
     others = other_classes(key, jnp.asarray(targets), num_classes)
-
-    @jax.jit
-    def run(model_variables, batch, chosen, other):  # variables as an argument: never fold the network
-        target_maps = _postprocessed(maps_fn, model_variables, batch, chosen)
-        other_maps = _postprocessed(maps_fn, model_variables, batch, other)
-        both = {m: jnp.stack([target_maps[m], other_maps[m]]) for m in target_maps}
-        return both, {m: similarity(target_maps[m], other_maps[m]) for m in target_maps}
-
-    both, scores = run(variables, jnp.asarray(images), jnp.asarray(targets), others)
+    both, scores = _random_logit_program(maps_fn, variables, jnp.asarray(images), jnp.asarray(targets), others)
     result = {"other_classes": np.asarray(others), "maps": {m: np.asarray(v) for m, v in both.items()}}
     for metric in ("spearman", "abs_spearman", "ssim"):
         result[metric] = {m: np.asarray(s[metric]) for m, s in scores.items()}

@@ -72,6 +72,39 @@ def test_positive_cam_map_matches_a_numpy_reference(workdir):
     assert big.shape == (5, 64, 64)  # maps come back at the input size
 
 
+def test_faithfulness_equals_a_numpy_deletion_loop_and_sanity_runs_the_cascade(workdir):
+    run = pcam_jax.load(workdir, stage=1)
+    images = _images(18, seed=2)  # more than one chunk of 16: the padded second chunk must not leak
+    steps = 4
+    faith = run.faithfulness(images, method="positive_cam", steps=steps, road_iterations=5)
+    assert set(faith) == {"deletion_auc", "insertion_auc", "road_morf", "road_lerf", "road_combined",
+                          "average_drop", "average_increase"}
+    assert all(v.shape == (18,) and np.all(np.isfinite(v)) for v in faith.values())
+    # Deletion by hand: the map's top floor(i * HW / steps) pixels set to 0, raster order on ties.
+    x = images[..., None].astype(np.float32) / 255.0
+    saliency = run.maps(images, method="positive_cam")
+    expected = []
+    for b in range(len(images)):
+        order = np.argsort(-saliency[b].reshape(-1), kind="stable")
+        curve = []
+        for i in range(steps + 1):
+            flat = x[b].reshape(-1).copy()
+            flat[order[:(i * flat.size) // steps]] = 0.0
+            curve.append(run.predict(flat.reshape(32, 32))[0])
+        expected.append((sum(curve) - 0.5 * (curve[0] + curve[-1])) / steps)
+    np.testing.assert_allclose(faith["deletion_auc"], expected, rtol=1e-3, atol=1e-4)
+    # Average drop by hand: the image multiplied by its map.
+    p, p_masked = run.predict(images), run.predict(x[..., 0] * saliency)
+    np.testing.assert_allclose(faith["average_drop"], 100 * np.maximum(p - p_masked, 0) / (p + 1e-7),
+                               rtol=1e-3, atol=1e-3)
+
+    checks = run.sanity(images[:2], methods=("cam", "grad_cam"))
+    assert set(checks["cascade"]) == {"cam", "grad_cam"}
+    assert len(checks["cascade"]["cam"]["ssim"]) == len(checks["steps"])  # "original", then each re-initialised part
+    with pytest.raises(ValueError, match="classifier maps"):
+        run.sanity(images[:2], methods=("decoder",))
+
+
 def test_bad_images_and_methods_are_clear_errors(workdir):
     run = pcam_jax.load(workdir, stage=1)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):

@@ -21,12 +21,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from pcam_jax import faithfulness, maps as maps_lib, sanity
-from pcam_jax.models import ABNORMAL, abnormal_probability, init_variables
+from pcam_jax.map_trust import faithfulness_figures, sanity_figures
 
 
 def _settings(config) -> dict:
@@ -34,65 +31,6 @@ def _settings(config) -> dict:
     return dict(images=int(e.get("trust_images", 16)), sanity_images=int(e.get("sanity_images", 4)),
                 steps=int(e.get("deletion_steps", 20)), road_iterations=int(e.get("road_iterations", 100)),
                 seed=int(config.seed))
-
-
-def faithfulness_figures(run, images: np.ndarray, maps: dict[str, np.ndarray], *, steps: int = 20,
-                         road_iterations: int = 100, seed: int = 0) -> dict[str, dict[str, float]]:
-    """{method: {deletion_auc, insertion_auc, road_morf, road_lerf, road_combined, average_drop,
-    average_increase}} for maps (N, S, S) in [0, 1] of images (N, S, S, 1), abnormal class."""
-    model = run.model
-    x = jnp.asarray(images, jnp.float32)
-    key = jax.random.key(seed)
-
-    # Variables and images are arguments, never closed over: XLA would fold the whole network
-    # on constant inputs at compile time (minutes).
-    @jax.jit
-    def figures(variables, x, saliency, key):
-        prob_fn = lambda images: abnormal_probability(model, variables, images)[0]
-        deletion = faithfulness.deletion_curve(prob_fn, x, saliency, num_steps=steps)
-        insertion = faithfulness.insertion_curve(prob_fn, x, saliency, num_steps=steps)
-        morf = faithfulness.road_curve(prob_fn, x, saliency, key, most_relevant_first=True,
-                                       num_iterations=road_iterations)
-        lerf = faithfulness.road_curve(prob_fn, x, saliency, key, most_relevant_first=False,
-                                       num_iterations=road_iterations)
-        change = faithfulness.confidence_change(prob_fn, x, saliency)
-        return {"deletion_auc": faithfulness.area_under_curve(deletion),
-                "insertion_auc": faithfulness.area_under_curve(insertion),
-                "road_morf": jnp.mean(morf, axis=-1), "road_lerf": jnp.mean(lerf, axis=-1),
-                "road_combined": faithfulness.road_combined(morf, lerf),
-                "average_drop": 100.0 * change["drop"], "average_increase": 100.0 * change["increase"]}
-
-    return {method: {k: float(np.mean(v)) for k, v in
-                     jax.device_get(figures(run.variables, x, jnp.asarray(m, jnp.float32), key)).items()}
-            for method, m in maps.items()}
-
-
-def sanity_figures(run, images: np.ndarray, methods: tuple[str, ...], *, seed: int = 0) -> dict[str, Any]:
-    """Cascading randomisation and random-logit test of the classifier maps ``methods``.
-
-    Returns {"steps": [...], "cascade": {method: {"ssim": [per step], "spearman": [...],
-    "passes": bool}}, "random_logit": {method: {"ssim", "spearman"}}, "maps": the cascade's
-    maps {method: (S + 1, N, H, W)} for the figure}.
-    """
-    methods = tuple(m for m in methods if m in maps_lib.METHODS)
-    if not methods:
-        return {}
-    maps_fn = maps_lib.make_all_maps_fn(run.model, methods, chunk=int(run.config.eval.score_cam_chunk))
-    fresh = init_variables(run.model, jax.random.key(seed + 7919), run.image_size)
-    x = jnp.asarray(images, jnp.float32)
-    targets = jnp.full((len(images),), ABNORMAL, jnp.int32)  # every step explains the same class
-    cascade = sanity.cascading_randomisation(maps_fn, run.variables, fresh, x, targets)
-    verdict = sanity.cascade_verdict(cascade, "ssim")
-    logit = sanity.random_logit_test(maps_fn, run.variables, x, targets, 2, jax.random.key(seed))
-    mean = lambda a: [float(v) for v in np.nanmean(np.asarray(a, np.float64), axis=-1).reshape(-1)]
-    return {
-        "steps": cascade["steps"],
-        "cascade": {m: {"ssim": mean(cascade["ssim"][m]), "spearman": mean(cascade["spearman"][m]),
-                        "passes": verdict[m]["passes"]} for m in methods},
-        "random_logit": {m: {"ssim": mean(logit["ssim"][m])[0], "spearman": mean(logit["spearman"][m])[0]}
-                         for m in methods},
-        "maps": cascade["maps"],
-    }
 
 
 def trust_report(runs: dict[int, Any], test: dict, stage_methods: dict[int, tuple[str, ...]], config) -> dict:
@@ -112,7 +50,7 @@ def trust_report(runs: dict[int, Any], test: dict, stage_methods: dict[int, tupl
                                      road_iterations=settings["road_iterations"], seed=settings["seed"])
         sane = sanity_figures(run, images[:settings["sanity_images"]], methods, seed=settings["seed"])
         for m in methods:
-            entry = dict(faith[m])
+            entry = {k: float(np.mean(v)) for k, v in faith[m].items()}
             if sane and m in sane["cascade"]:
                 entry.update(sanity_passes=sane["cascade"][m]["passes"],
                              cascade_final_ssim=sane["cascade"][m]["ssim"][-1],

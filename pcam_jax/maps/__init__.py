@@ -7,7 +7,7 @@ A package since it outgrew one module; every public name is re-exported here, so
 - `pcam_jax.maps.cams`: helpers (`upsample`, `normalize`, `postprocess`, `class_weights`),
   CAM and positive CAM, the gradient methods, Score-CAM;
 - `pcam_jax.maps.more_methods`: HiResCAM, XGradCAM, AblationCAM, EigenCAM;
-- `pcam_jax.maps.harness`: `METHODS`, `all_maps`, `make_all_maps_fn`.
+- `pcam_jax.maps.harness`: `METHODS`, `all_maps`, `make_all_maps_fn`, `pad_batch`.
 
 Pixel attributions (Integrated Gradients, SmoothGrad) are per pixel, not CAMs:
 `pcam_jax.pixel_attribution`.
@@ -17,4 +17,4 @@ Pixel attributions (Integrated Gradients, SmoothGrad) are per pixel, not CAMs:
 # is reachable as pcam_jax.maps.X (as when maps was one module).
 from pcam_jax.maps.cams import *  # noqa: F401,F403
 from pcam_jax.maps.more_methods import *  # noqa: F401,F403
-from pcam_jax.maps.harness import METHODS, all_maps, make_all_maps_fn, maps_and_logits  # noqa: F401,E402
+from pcam_jax.maps.harness import METHODS, all_maps, make_all_maps_fn, maps_and_logits, pad_batch  # noqa: F401,E402

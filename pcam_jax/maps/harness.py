@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Callable, Mapping, Sequence
 
 import jax
+import numpy as np
 
 from pcam_jax.maps import more_methods as more
 from pcam_jax.maps.cams import (ApplyFn, Array, _resolve_targets, _weighted_sum, cam, forward_and_gradients,
@@ -91,3 +92,9 @@ def make_all_maps_fn(model, methods: Sequence[str] = METHODS, chunk: int = 32) -
         return all_maps(classifier_apply_fn(model, variables), kernel, images, targets, methods, chunk, head_fn)
 
     return fn
+
+
+def pad_batch(a: np.ndarray, n: int) -> np.ndarray:
+    """``a`` with zero rows appended up to ``n`` rows: fixed-size chunks, so one compiled program
+    serves every batch size (the caller drops the padded rows' results)."""
+    return np.concatenate([a, np.zeros((n - len(a),) + a.shape[1:], a.dtype)]) if len(a) < n else a
