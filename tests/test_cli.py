@@ -75,3 +75,19 @@ def test_demo_on_a_trained_workdir_evaluates_and_reports_phase_times(trained, ca
     assert all(r["skipped"] for r in result["outputs"]["train"].values())
     assert (workdir / "eval" / "report.md").is_file()
     assert set(result["outputs"]["evaluate"]["classification"]) == {"stage1", "stage2", "stage3"}
+
+
+def test_config_overrides_without_config_use_the_demo_preset_and_elsewhere_say_what_is_missing(tmp_path, capsys):
+    from pcam_jax.cli import resolve_config_argv
+    from pcam_jax.configs import config_path
+
+    assert resolve_config_argv(["--workdir=w", "--config.stage1.num_epochs=1"], "synthetic") == [
+        "--config", str(config_path("synthetic")), "--workdir=w", "--config.stage1.num_epochs=1"]
+    assert resolve_config_argv(["--config", "tiny", "--config.a=1"], "synthetic") == [
+        "--config", str(config_path("tiny")), "--config.a=1"]  # a named config wins
+    # The override reaches the demo's preset (here its field check, before any work is done).
+    assert pcam_jax_command("demo", "--workdir", tmp_path / "d", "--config.model.nope=1") == 2
+    assert "config.model has no field 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+    assert pcam_jax_command("train", "--workdir", tmp_path / "t", "--config.model.nope=1") == 2
+    assert "put --config PRESET" in capsys.readouterr().err

@@ -44,13 +44,22 @@ def _underscored(arg: str) -> str:
     return "--" + name.replace("-", "_") + eq + value
 
 
-def resolve_config_argv(argv: list[str]) -> list[str]:
+# Commands whose config has a default: ``pcam-jax demo --config.stage1.num_epochs=3`` overrides
+# the demo's own preset without naming it.
+DEFAULT_PRESETS = {"demo": "synthetic"}
+
+
+def resolve_config_argv(argv: list[str], default_preset: str | None = None) -> list[str]:
     """Accept hyphenated flag names, and let ``--config synthetic`` name a preset (rewritten to
-    the preset's file path)."""
+    the preset's file path). Overrides (``--config.a.b=v``) without ``--config`` apply to
+    ``default_preset`` when the command has one."""
     from pcam_jax.configs import PRESETS, config_path
 
     out, i = [], 0
     argv = [_underscored(a) for a in argv]
+    names_config = any(a == "--config" or a.startswith("--config=") for a in argv)
+    if default_preset and not names_config and any(a.startswith("--config.") for a in argv):
+        argv = ["--config", default_preset] + argv
     while i < len(argv):
         arg = argv[i]
         if arg == "--config" and i + 1 < len(argv):
@@ -181,6 +190,10 @@ def parse_flags(argv: list[str]) -> list[str]:
             raise
         if isinstance(error, (AttributeError, KeyError)):
             message = _config_override_problem(error, argv) or f"unknown config field: {error}"
+        elif isinstance(error, flags.Error) and "'config." in str(error) and not any(
+                a == "--config" or a.startswith("--config=") for a in argv):
+            message = (f"{str(error).splitlines()[0]}: a --config.a.b=value override needs the config "
+                       "it overrides; put --config PRESET (synthetic, mura, tiny, base, or a file) before it")
         elif isinstance(error, flags.Error):
             message = f"{str(error).splitlines()[0]}; see `pcam-jax {name} --helpfull`"
         elif isinstance(error, OSError) and "config" in str(error).lower():
@@ -211,4 +224,5 @@ def main(argv: list[str] | None = None) -> None:
     from absl import app
 
     app.run(lambda args: run_command(command, module.main, args),
-            argv=[f"pcam-jax {command}"] + resolve_config_argv(argv[2:]), flags_parser=parse_flags)
+            argv=[f"pcam-jax {command}"] + resolve_config_argv(argv[2:], DEFAULT_PRESETS.get(command)),
+            flags_parser=parse_flags)
