@@ -41,15 +41,32 @@ DECODER = maps_lib.DECODER
 
 
 @functools.lru_cache(maxsize=64)
-def _matrix(n_in: int, n_out: int) -> np.ndarray:
-    # Half-pixel centres clamped at the borders: tf.image.resize's bilinear (antialias=False).
-    return maps_lib.interpolation_matrix(n_in, n_out, align_corners=False)
+def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(first, second, w_first, w_second) per output index: the two input samples and weights
+    of `maps.interpolation_matrix`'s row (half-pixel centres clamped at the borders:
+    tf.image.resize's bilinear, antialias=False). A row has at most two adjacent non-zeros."""
+    matrix = maps_lib.interpolation_matrix(n_in, n_out, align_corners=False).astype(np.float32)
+    first = np.argmax(matrix != 0, axis=1)
+    second = np.minimum(first + 1, n_in - 1)
+    rows = np.arange(n_out)
+    w_first = matrix[rows, first]
+    w_second = np.where(second != first, matrix[rows, second], 0.0).astype(np.float32)
+    return first, second, w_first, w_second
+
+
+def _resize_axis0(x: np.ndarray, n_out: int) -> np.ndarray:
+    first, second, w_first, w_second = _taps(x.shape[0], n_out)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    return x[first] * w_first.reshape(shape) + x[second] * w_second.reshape(shape)
 
 
 def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """float32 (H, W) -> (height, width), bilinear as ``tf.image.resize`` (no antialiasing)."""
-    rows, cols = _matrix(image.shape[0], height), _matrix(image.shape[1], width)
-    return (rows @ np.asarray(image, np.float32) @ cols.T).astype(np.float32)
+    """float32 (H, W) -> (height, width), bilinear as ``tf.image.resize`` (no antialiasing).
+
+    Two samples per output pixel along each axis, gathered (the interpolation matrix's product
+    with a 2500x2048 radiograph cost ~1.6 GFLOP, this ~2 MFLOP)."""
+    x = np.asarray(image, np.float32)
+    return np.ascontiguousarray(_resize_axis0(_resize_axis0(x, height).T, width).T, dtype=np.float32)
 
 
 def content_box(height: int, width: int, size: int, mode: str) -> tuple[int, int, int, int]:
