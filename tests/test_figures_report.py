@@ -38,6 +38,18 @@ def test_overlay_blends_image_and_colour_map():
         overlays.overlay(image, np.zeros((3, 5)))
 
 
+def test_uint8_lookup_path_gives_the_bytes_of_the_float_blend():
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (37, 29), dtype=np.uint8)
+    saliency = rng.random((37, 29))
+    saliency[0, :3] = (0.0, 1.0, 0.999999)  # both ends of the colour map
+    expected = np.round(overlays.blend(image, saliency, 0.4, "jet") * 255.0).astype(np.uint8)
+    got = overlays.overlay(image, saliency, alpha=0.4, cmap="jet")  # the packed-table path
+    assert got.flags["C_CONTIGUOUS"] and got.shape == (37, 29, 3)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(overlays.overlay(image[..., None], saliency, alpha=0.4), expected)
+
+
 def test_figure2_layout_and_png(tmp_path):
     images, masks, maps = _grid_inputs()
     titles = ["abnormal, p = 0.91", "abnormal, p = 0.74", "normal, p = 0.08"]
