@@ -20,8 +20,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/pcam-jax demo --workdir $(WORKDIR)
 
+# --dist loadgroup: the tests of an xdist_group (tests/test_multiprocess.py) share one worker,
+# so their module fixtures run once.
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -n 2 -q tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q tests
 
 bench: $(VENV)/.installed
 	$(BIN)/python experiments/benchmarks/run_all.py

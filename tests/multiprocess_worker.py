@@ -18,6 +18,7 @@ import os
 import pathlib
 import signal
 import sys
+import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -109,11 +110,24 @@ def joint_evaluation(config, workdir, data, mesh) -> dict:
     return {"metrics": metrics, "eval_ids": ids, "step": meta["step"]}
 
 
-def main(workdir: str, result_path: str) -> None:
-    mesh_lib.maybe_initialize_distributed()
+def configure_compilation() -> None:
+    """Fast compiles of tiny programs that run a few times, every one kept in the persistent
+    cache (rank 0 writes it) for the relaunched job and the next session.
+
+    Not ``jax_share_binary_between_hosts`` (rank 0 compiles, rank 1 waits for the binary): tried
+    on CPU with jax 0.10.2, rank 1 timed out waiting for the binary of orbax's first
+    ``process_allgather`` while rank 0 had already gone on to run it (their keys apparently
+    differ), even with a cache directory of the job's own.
+    """
     jax.config.update("jax_compilation_cache_dir", str(ROOT / ".cache" / "jax"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    jax.config.update("jax_disable_most_optimizations", True)   # tiny programs run a few times
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_disable_most_optimizations", True)
+
+
+def main(workdir: str, result_path: str) -> None:
+    started = time.monotonic()
+    mesh_lib.maybe_initialize_distributed()
+    configure_compilation()
     from pcam_jax.training import loop, reporting
 
     config = tiny_config()
@@ -124,7 +138,9 @@ def main(workdir: str, result_path: str) -> None:
     summaries = loop.train_and_evaluate(config, workdir, (1, 2, 3), data=data, mesh=mesh, reporter=reporter,
                                         on_step=die_after(die) if die else None)
     reporter.close()
+    print(f"rank {jax.process_index()}: stages 1-3 done after {time.monotonic() - started:.1f} s", flush=True)
     result = joint_evaluation(config, workdir, data, mesh)
+    print(f"rank {jax.process_index()}: joint evaluation done after {time.monotonic() - started:.1f} s", flush=True)
     result.update(process_count=jax.process_count(), device_count=jax.device_count(),
                   skipped={stage: s["skipped"] for stage, s in summaries.items()})
     if jax.process_index() == 0:

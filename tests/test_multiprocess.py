@@ -7,8 +7,13 @@ batches, so the same parameters. One 2-process job is killed (rank 1, SIGKILL, i
 right after step 4, whose save waited for step 2's to be complete); the survivor must exit
 on its own within the heartbeat timeout, and the same job launched again resumes from a
 checkpoint both wrote.
+
+Time: the two jobs run one after the other in a launcher thread (it only starts, polls and
+kills subprocesses) while this process trains the reference. The module is one xdist group
+(``make test`` runs ``--dist loadgroup``): its module fixtures must not run once per xdist worker.
 """
 
+import concurrent.futures
 import json
 import sys
 
@@ -20,9 +25,10 @@ from pcam_jax import models
 from pcam_jax.training import checkpointing, local_launch, loop, mesh as mesh_lib, reporting
 from tests import multiprocess_worker as worker
 
-pytestmark = pytest.mark.usefixtures("fast_compilation")  # see conftest.py
+pytestmark = [pytest.mark.usefixtures("fast_compilation"),   # see conftest.py
+              pytest.mark.xdist_group("multiprocess")]
 
-HEARTBEAT_SECONDS = 10
+HEARTBEAT_SECONDS = 5      # a peer silent this long is dead; the survivor exits soon after
 JOB_TIMEOUT = 240          # one job, seconds; the machine is shared, the compiles are not free
 SURVIVOR_BOUND = HEARTBEAT_SECONDS + 30
 
@@ -38,10 +44,16 @@ def run_job(workdir, logs, *, die: str | None = None):
     return results, (json.loads(result_json.read_text()) if result_json.exists() else None)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def killed_then_resumed_jobs(root):
+    """Job 1: rank 1 dies in stage 3 after step 4; job 2: the same launch again."""
+    workdir = root / "run"
+    killed, _ = run_job(workdir, root / "logs-killed", die="1:3:4")
+    resumed, result = run_job(workdir, root / "logs-resumed")
+    return workdir, killed, resumed, result
+
+
+def one_process_reference(workdir):
     """The one-process run (4 devices of this process) and its joint evaluation."""
-    workdir = tmp_path_factory.mktemp("one_process")
     config = worker.tiny_config()
     mesh = mesh_lib.make_mesh(jax.devices()[:4])
     data = worker.ProcessSlice(config, 0, 1)
@@ -51,13 +63,27 @@ def reference(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def killed_then_resumed(tmp_path_factory):
-    """Job 1: rank 1 dies in stage 3 after step 4; job 2: the same launch again."""
+def runs(tmp_path_factory):
+    """(reference, killed_then_resumed): the 2-process jobs and the 1-process run at the same time.
+
+    Every wait is bounded: each job by `local_launch.launch`'s timeout, the thread by both.
+    """
     root = tmp_path_factory.mktemp("two_processes")
-    workdir = root / "run"
-    killed, _ = run_job(workdir, root / "logs-killed", die="1:3:4")
-    resumed, result = run_job(workdir, root / "logs-resumed")
-    return workdir, killed, resumed, result
+    reference_dir = tmp_path_factory.mktemp("one_process")
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="launcher") as pool:
+        jobs = pool.submit(killed_then_resumed_jobs, root)
+        reference = one_process_reference(reference_dir)
+        return reference, jobs.result(timeout=2 * (JOB_TIMEOUT + 60))
+
+
+@pytest.fixture(scope="module")
+def reference(runs):
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def killed_then_resumed(runs):
+    return runs[1]
 
 
 def test_killed_process_makes_the_other_exit_with_a_message(killed_then_resumed):
