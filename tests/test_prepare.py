@@ -85,3 +85,65 @@ def test_incomplete_tree_lists_what_is_missing(tmp_path, capsys):
 def test_unknown_dataset_is_a_usage_error():
     with pytest.raises(app.UsageError, match="mura,synthetic"):
         run_main(["imagenet"])
+
+
+def test_prepare_builds_the_uint8_cache_that_training_reads_and_a_new_size_is_another(tmp_path, capsys, monkeypatch):
+    from pcam_jax.data import uint8_cache
+    from tests.commands import pcam_jax_command
+
+    data = tmp_path / "data"
+    prepare_tiny = ("prepare", "synthetic", "--config", "tiny", "--data_dir", data)
+    assert pcam_jax_command(*prepare_tiny) == 0                     # augment_on=host: nothing to store
+    assert "uint8 cache: not built" in capsys.readouterr().out
+    assert not (data / "pcam_jax_uint8").exists()
+
+    FLAGS.unparse_flags()
+    assert pcam_jax_command(*prepare_tiny, "--config.data.augment_on=device") == 0
+    out = capsys.readouterr().out
+    directory = data / "pcam_jax_uint8" / "synthetic-train-32px-stretch"
+    assert f"uint8 cache (built now): {directory}\n" in out
+    assert "train: 48 images at 32 px, resize stretch" in out and " MiB" in out
+    assert uint8_cache.SplitCache(directory).images.shape == (48, 32, 32)
+    stamp = (directory / "meta.json").stat().st_mtime_ns
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the uint8 cache was built again")
+
+    read = []
+    train_batches = uint8_cache.train_batches
+
+    def recorded(config, cache, **kwargs):
+        read.append(cache.directory)
+        return train_batches(config, cache, **kwargs)
+
+    with monkeypatch.context() as patch:   # training reads what prepare stored
+        patch.setattr(uint8_cache, "build", no_rebuild)
+        patch.setattr(uint8_cache, "train_batches", recorded)
+        FLAGS.unparse_flags()
+        assert pcam_jax_command("train", "--config", "tiny", "--data_dir", data, "--workdir", tmp_path / "run",
+                                "--stages", "1", "--config.data.augment_on=device",
+                                "--config.train.image_summary_every_steps=0") == 0
+        assert read == [directory]
+        FLAGS.unparse_flags()
+        assert pcam_jax_command(*prepare_tiny, "--uint8_cache") == 0
+        assert f"uint8 cache (already current, kept): {directory}\n" in capsys.readouterr().out
+    assert (directory / "meta.json").stat().st_mtime_ns == stamp
+
+    FLAGS.unparse_flags()   # another training size is another cache; the first one stays as it was
+    assert pcam_jax_command(*prepare_tiny, "--uint8_cache", "--config.data.image_size=24") == 0
+    other = data / "pcam_jax_uint8" / "synthetic-train-24px-stretch"
+    assert f"uint8 cache (built now): {other}\n" in capsys.readouterr().out
+    assert uint8_cache.SplitCache(other).images.shape == (48, 24, 24)
+    assert (directory / "meta.json").stat().st_mtime_ns == stamp
+    # the same directory name with another resize mode or other lesion labels is stale: rebuilt
+    from pcam_jax import configs
+
+    config = configs.get_config("tiny")
+    assert uint8_cache.is_current(directory, uint8_cache.cache_key(config, "train", 48))
+    config.data.resize = "pad"
+    assert not uint8_cache.is_current(directory, uint8_cache.cache_key(config, "train", 48))
+    config.data.resize = "stretch"
+    labels = tmp_path / "boxes.csv"
+    labels.write_text("path,x0,y0,x1,y1\n")
+    config.stage3.lesion_labels = str(labels)
+    assert not uint8_cache.is_current(directory, uint8_cache.cache_key(config, "train", 48))

@@ -42,6 +42,9 @@ FOLDER_CSV = flags.DEFINE_string("folder_csv", None, "folder: the CSV inside --f
                                  "(default: config.data.folder_csv).")
 TEST_FRACTION = flags.DEFINE_float("test_fraction", None, "folder without a split column: share of "
                                    "test patients (default: config.data.folder_test_fraction).")
+UINT8_CACHE = flags.DEFINE_boolean(
+    "uint8_cache", None, "prepare: also store the train split as uint8 at the config's image size "
+    "and resize mode (pcam_jax.data.uint8_cache; default: when config.data.augment_on=device).")
 MODEL_SELECTION_FRACTION = flags.DEFINE_float(
     "model_selection_fraction", None, "mura: fraction of train patients held out "
     "(default: config.data.model_selection_fraction).")

@@ -5,6 +5,13 @@
     pcam-jax prepare folder --folder_root DIR [--folder_csv labels.csv] [--data_dir DIR]
                             [--skip_corrupt] [--model_selection_fraction F] [--test_fraction F]
     pcam-jax prepare synthetic [--config CONFIG] [--data_dir DIR]
+    ... [--uint8_cache | --nouint8_cache]
+
+``--uint8_cache`` (default: when ``config.data.augment_on`` is ``device``) then stores the train
+split once as uint8 at ``config.data.image_size`` / ``config.data.resize``
+(`pcam_jax.data.uint8_cache`, under the data dir), with a progress bar, and prints where it is
+and its size; training with the same size and resize mode reads it without rebuilding, a
+different size or resize mode is another cache.
 
 ``--config`` gives ``config.synthetic`` for the synthetic data and the defaults of
 ``data.model_selection_fraction`` / ``data.skip_corrupt`` (and ``data.folder_*``) for MURA and
@@ -44,6 +51,24 @@ def prepare_folder(config, data_dir):
         skip_corrupt=_or(flags.SKIP_CORRUPT.value, config.data.skip_corrupt))
 
 
+def dataset_config(config, dataset: str, data_dir: str):
+    """A copy of ``config`` that reads the dataset just prepared (the flags over the config's
+    fields, as the build took them): what the uint8 cache is built from."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.data.dataset, config.data.data_dir = dataset, data_dir
+        if dataset in ("mura", "folder"):
+            config.data.model_selection_fraction = _or(flags.MODEL_SELECTION_FRACTION.value,
+                                                       config.data.model_selection_fraction)
+        if dataset == "mura":
+            config.data.skip_corrupt = _or(flags.SKIP_CORRUPT.value, config.data.skip_corrupt)
+        if dataset == "folder":
+            config.data.folder_root = flags.FOLDER_ROOT.value or config.data.folder_root
+            config.data.folder_csv = _or(flags.FOLDER_CSV.value, config.data.folder_csv)
+            config.data.folder_test_fraction = _or(flags.TEST_FRACTION.value, config.data.folder_test_fraction)
+    return config
+
+
 def main(argv) -> None:
     if len(argv) != 2 or argv[1] not in DATASETS:
         raise app.UsageError(f"usage: pcam-jax prepare {{{','.join(DATASETS)}}} [flags]; got {argv[1:]}")
@@ -64,3 +89,12 @@ def main(argv) -> None:
     else:
         builder = prepare.prepare_synthetic(config.synthetic, data_dir)
     print(prepare.summary(builder), flush=True)
+    build_cache = flags.UINT8_CACHE.value
+    if build_cache is None:
+        build_cache = config.data.get("augment_on", "host") == "device"
+    if build_cache:
+        cache = prepare.prepare_uint8_cache(dataset_config(config, dataset, data_dir), data_dir)
+        print(prepare.uint8_summary(cache), flush=True)
+    else:
+        print("uint8 cache: not built (data.augment_on=host decodes on the fly; --uint8_cache "
+              "or --config.data.augment_on=device builds it)", flush=True)

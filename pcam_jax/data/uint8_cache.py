@@ -9,8 +9,11 @@ Layout: ``<data_dir>/pcam_jax_uint8/<dataset>-<split>-<size>px-<resize>/`` with 
 (N, S, S) uint8 (the host path's decode and resize, rounded), ``masks.npy`` (N, S, S) uint8
 (the resized soft mask x 255: thresholded after the transform, as on the host), and
 ``meta.json`` (labels, flags, paths and the key). ``meta.json`` is written last, so a
-half-built cache is rebuilt; a cache whose key (dataset, split, size, resize, number of
-records, version) differs from what the config asks for is rebuilt.
+half-built cache is rebuilt; a cache whose key (dataset and its build settings, split, size,
+resize, number of records, the clinician lesion labels joined into the train split, version)
+differs from what the config asks for is rebuilt. ``pcam-jax prepare`` builds the train
+split's cache ahead of training (`pcam_jax.data.prepare.prepare_uint8_cache`); otherwise the
+first training run that reads it builds it.
 
 Order: epoch ``e`` of a process is a permutation of its records (rows ``process_index::process_count``)
 seeded by (seed, process, e); step ``s`` takes its rows ``s * b ... s * b + b - 1`` of that
@@ -19,6 +22,7 @@ sequence, so a stream started at any step equals the uninterrupted stream from t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -27,7 +31,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: the key holds the dataset's build settings and the lesion labels' fingerprint
 METADATA_KEYS = ("path", "study_id", "body_part")
 _TRAIN_SALT, _LABELLED_SALT = 11, 12
 
@@ -35,8 +39,9 @@ _TRAIN_SALT, _LABELLED_SALT = 11, 12
 class SplitCache:
     """One split's uint8 arrays (memory-mapped, read-only) and per-example fields."""
 
-    def __init__(self, directory: pathlib.Path):
+    def __init__(self, directory: pathlib.Path, *, built: bool = False):
         self.directory = directory
+        self.built = built   # True when this call built it (`build`), False when an existing cache was opened
         self.meta = json.loads((directory / "meta.json").read_text())
         self.images = np.load(directory / "images.npy", mmap_mode="r")
         self.masks = np.load(directory / "masks.npy", mmap_mode="r")
@@ -44,6 +49,10 @@ class SplitCache:
 
     def __len__(self) -> int:
         return int(self.meta["key"]["num_examples"])
+
+    def size_bytes(self) -> int:
+        """Bytes on disk: the image and mask arrays and the metadata."""
+        return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
 
     def rows(self, index: np.ndarray) -> dict:
         """The examples at ``index`` (sorted reads are faster; order is restored) as a batch."""
@@ -61,9 +70,48 @@ class SplitCache:
         return batch
 
 
+def lesion_labels_fingerprint(config) -> str:
+    """A hash of ``config.stage3.lesion_labels`` (names and contents of every file, how unmatched
+    entries are treated): the masks they join into the train split are stored in its cache.
+    ``""`` without labels."""
+    from pcam_jax.data import clinician_labels
+
+    sources = clinician_labels.parse_sources(config.stage3.get("lesion_labels", ""))
+    if not sources:
+        return ""
+    digest = hashlib.sha256(str(config.stage3.get("unmatched_labels", "error")).encode())
+    for source in sources:
+        root = pathlib.Path(source).expanduser()
+        digest.update(b"\0source\0" + source.encode())
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for path in files:
+            digest.update(b"\0file\0" + str(path.relative_to(root) if root.is_dir() else path.name).encode())
+            digest.update(path.read_bytes() if path.is_file() else b"\0missing\0")
+    return digest.hexdigest()[:16]
+
+
+def dataset_settings(config) -> str:
+    """What else selects the records of ``config.data.dataset`` in a data dir: the synthetic
+    BuilderConfig (a hash of ``config.synthetic``), MURA's and a folder's split settings."""
+    data = config.data
+    if data.dataset == "synthetic":
+        from pcam_jax.data import synthetic_builder
+
+        return synthetic_builder.config_name(config.synthetic)
+    if data.dataset == "mura":
+        return f"model_selection={data.model_selection_fraction},skip_corrupt={bool(data.skip_corrupt)}"
+    if data.dataset == "folder":
+        return (f"root={data.folder_root},csv={data.folder_csv},model_selection={data.model_selection_fraction},"
+                f"test={data.folder_test_fraction}")
+    return ""
+
+
 def cache_key(config, split: str, num_examples: int) -> dict:
-    return {"dataset": str(config.data.dataset), "split": split, "image_size": int(config.data.image_size),
-            "resize": str(config.data.resize), "num_examples": int(num_examples), "version": CACHE_VERSION}
+    return {"dataset": str(config.data.dataset), "settings": dataset_settings(config), "split": split,
+            "image_size": int(config.data.image_size), "resize": str(config.data.resize),
+            "num_examples": int(num_examples),
+            "lesion_labels": lesion_labels_fingerprint(config) if split == "train" else "",
+            "version": CACHE_VERSION}
 
 
 def cache_directory(data_dir, key: dict) -> pathlib.Path:
@@ -78,8 +126,11 @@ def is_current(directory: pathlib.Path, key: dict) -> bool:
         return False
 
 
-def build(records, config, directory: pathlib.Path, key: dict) -> SplitCache:
-    """Decode and resize every record once (tf.data, all cores) into ``directory``; returns it opened."""
+def build(records, config, directory: pathlib.Path, key: dict, *, progress: bool = False) -> SplitCache:
+    """Decode and resize every record once (tf.data, all cores) into ``directory``; returns it opened.
+
+    ``progress``: a progress bar (tqdm, on stderr) counting the images.
+    """
     from pcam_jax.data import pipeline
 
     tf = pipeline.tf
@@ -101,6 +152,11 @@ def build(records, config, directory: pathlib.Path, key: dict) -> SplitCache:
                 **{k: example[k] for k in METADATA_KEYS}}
 
     ds = records.map(to_uint8, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(64)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc=f"uint8 cache {directory.name}", unit="img", dynamic_ncols=True)
     start = 0
     for batch in ds.as_numpy_iterator():
         stop = start + len(batch["label"])
@@ -111,6 +167,10 @@ def build(records, config, directory: pathlib.Path, key: dict) -> SplitCache:
             values = batch[k]
             fields[k] += [v.decode() for v in values] if k in METADATA_KEYS else values.tolist()
         start = stop
+        if bar is not None:
+            bar.update(len(batch["label"]))
+    if bar is not None:
+        bar.close()
     if start != n:
         raise ValueError(f"the {key['split']} split has {start} records, not the {n} its metadata says")
     images.flush(), masks.flush()
@@ -119,20 +179,23 @@ def build(records, config, directory: pathlib.Path, key: dict) -> SplitCache:
     temporary = directory / "meta.json.tmp"
     temporary.write_text(json.dumps(meta))
     os.replace(temporary, directory / "meta.json")   # last: marks the cache complete
-    return SplitCache(directory)
+    return SplitCache(directory, built=True)
 
 
-def open_or_build(config, split: str, data_dir, records: Callable[[], object], num_examples: int) -> SplitCache:
+def open_or_build(config, split: str, data_dir, records: Callable[[], object], num_examples: int, *,
+                  progress: bool = False) -> SplitCache:
     """The split's cache for ``config`` (size, resize), built from ``records()`` when absent or stale.
 
     Multi-process: process 0 builds, the others wait for it (``data_dir`` must be shared).
+    The result's ``built`` says whether this call built it. ``progress``: see `build`.
     """
     import jax
 
     key = cache_key(config, split, num_examples)
     directory = cache_directory(data_dir, key)
+    built = None
     if not is_current(directory, key) and jax.process_index() == 0:
-        build(records(), config, directory, key)
+        built = build(records(), config, directory, key, progress=progress)
     if jax.process_count() > 1:  # through the coordination service: no device, no compile
         import orbax.checkpoint as ocp
 
@@ -140,7 +203,7 @@ def open_or_build(config, split: str, data_dir, records: Callable[[], object], n
     if not is_current(directory, key):
         raise FileNotFoundError(f"the uint8 cache {directory} is missing or stale after process 0 built it: "
                                 "data_dir must be a directory every process shares")
-    return SplitCache(directory)
+    return SplitCache(directory, built=built is not None)
 
 
 def _my_rows(n: int, process_index: int, process_count: int) -> np.ndarray:

@@ -78,13 +78,20 @@ class PipelineData:
             self._records[split] = records
         return self._records[split]
 
-    def _uint8(self, split: str):
-        """``data.augment_on="device"``: the split as uint8 at training size (`pcam_jax.data.uint8_cache`)."""
+    def uint8_split(self, split: str, *, progress: bool = False):
+        """The split as uint8 at training size (`pcam_jax.data.uint8_cache.SplitCache`), built
+        from the records this source trains on when absent or stale (``data.augment_on="device"``
+        reads it; ``pcam-jax prepare`` builds it ahead)."""
         from pcam_jax.data import uint8_cache
 
-        return uint8_cache, uint8_cache.open_or_build(
+        return uint8_cache.open_or_build(
             self._config, split, self._data_dir, lambda: self._split(split),
-            self._pipeline.num_examples(self._config, split, self._data_dir))
+            self._pipeline.num_examples(self._config, split, self._data_dir), progress=progress)
+
+    def _uint8(self, split: str):
+        from pcam_jax.data import uint8_cache
+
+        return uint8_cache, self.uint8_split(split)
 
     def _train_stream(self, stream: str, seed: int, start_step: int):
         """``train_batches`` or ``labelled_batches`` of the train split: from the uint8 cache
