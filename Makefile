@@ -20,10 +20,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/pcam-jax demo --workdir $(WORKDIR)
 
-# --dist loadgroup: the tests of an xdist_group (tests/test_multiprocess.py) share one worker,
-# so their module fixtures run once.
+# --dist loadfile: all tests of a file on one worker, so a module fixture (the two-process jobs of
+# tests/test_multiprocess.py, test_cli's trained run) runs once, not once per worker. (loadgroup
+# with xdist_group marks would do it per module, but xdist 3.8 does not group under pytest 9.2.)
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q tests
 
 bench: $(VENV)/.installed
 	$(BIN)/python experiments/benchmarks/run_all.py

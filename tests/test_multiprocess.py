@@ -9,8 +9,9 @@ on its own within the heartbeat timeout, and the same job launched again resumes
 checkpoint both wrote.
 
 Time: the two jobs run one after the other in a launcher thread (it only starts, polls and
-kills subprocesses) while this process trains the reference. The module is one xdist group
-(``make test`` runs ``--dist loadgroup``): its module fixtures must not run once per xdist worker.
+kills subprocesses) while this process trains the reference. ``make test`` runs ``pytest -n 2
+--dist loadfile``: with xdist's default ``load``, this module's tests could be split over both
+workers, and each would run the module fixtures, i.e. both jobs and the reference, again.
 """
 
 import concurrent.futures
@@ -25,8 +26,7 @@ from pcam_jax import models
 from pcam_jax.training import checkpointing, local_launch, loop, mesh as mesh_lib, reporting
 from tests import multiprocess_worker as worker
 
-pytestmark = [pytest.mark.usefixtures("fast_compilation"),   # see conftest.py
-              pytest.mark.xdist_group("multiprocess")]
+pytestmark = pytest.mark.usefixtures("fast_compilation")  # see conftest.py
 
 HEARTBEAT_SECONDS = 5      # a peer silent this long is dead; the survivor exits soon after
 JOB_TIMEOUT = 240          # one job, seconds; the machine is shared, the compiles are not free
