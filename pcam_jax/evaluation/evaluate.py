@@ -65,20 +65,23 @@ def trained_stages(workdir) -> list[int]:
 
 
 def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *,
-             figure_rows: int = 0, records=None) -> dict[str, Any]:
+             figure_rows: int = 0, records=None, methods: dict[int, tuple[str, ...]] | None = None) -> dict[str, Any]:
     """One pass over a split (or over ``records``): probabilities per stage and post-processed
     maps per method.
 
     Maps are computed only for rows with a non-empty lesion mask; images with an empty
     mask (normal ones) are only counted (``n_empty_masks``), since no map can be scored there.
+    ``methods``: {stage: map methods}, default every stage's ``map_methods``.
     """
     from pcam_jax.data import pipeline
+
+    methods = methods or {s: stages_lib.get(s).map_methods for s in runs}
 
     if records is None:
         records = pipeline.load_records(config, split, data_dir)
     size = int(config.data.image_size)
     out = {"probs": {s: [] for s in runs}, "labels": [], "study_id": [], "body_part": [],
-           "maps": {f"stage{s}/{m}": [] for s in runs for m in stages_lib.get(s).map_methods},
+           "maps": {f"stage{s}/{m}": [] for s in runs for m in methods[s]},
            "masks": [], "mask_body_part": [], "images": [], "n_empty_masks": 0}
     for batch in pipeline.eval_batches(config, records):
         valid = batch["valid"]
@@ -94,7 +97,7 @@ def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *,
             continue
         images = batch["image"][keep]
         for stage, run in runs.items():
-            for method, raw in run.raw_maps(images, stages_lib.get(stage).map_methods).items():
+            for method, raw in run.raw_maps(images, methods[stage]).items():
                 out["maps"][f"stage{stage}/{method}"].append(
                     np.asarray(maps_lib.postprocess(jnp.asarray(raw), size, size), np.float32))
         out["masks"].append(batch["mask"][keep].astype(np.uint8))
@@ -113,7 +116,7 @@ def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *,
     }
 
 
-def _labelled_splits(runs, config, split: str, data_dir, figure_rows: int):
+def _labelled_splits(runs, config, split: str, data_dir, figure_rows: int, methods=None):
     """``(test, held, tau_source)``: the collected test split and the collected images that
     choose thresholds (None where there are none).
 
@@ -128,12 +131,12 @@ def _labelled_splits(runs, config, split: str, data_dir, figure_rows: int):
     if clinician_labels.parse_sources(config.eval.get("lesion_labels", "")):
         scored, held = clinician_labels.evaluation_records(
             config, pipeline.load_records(config, split, data_dir), split)
-        test = _collect(runs, config, split, data_dir, figure_rows=figure_rows, records=scored)
-        held = _collect(runs, config, split, data_dir, records=held) if held is not None else None
+        test = _collect(runs, config, split, data_dir, figure_rows=figure_rows, records=scored, methods=methods)
+        held = _collect(runs, config, split, data_dir, records=held, methods=methods) if held is not None else None
         return test, held, "held-out share of config.eval.lesion_labels"
-    test = _collect(runs, config, split, data_dir, figure_rows=figure_rows)
+    test = _collect(runs, config, split, data_dir, figure_rows=figure_rows, methods=methods)
     threshold_split = THRESHOLD_SPLIT.get(config.data.dataset)
-    held = _collect(runs, config, threshold_split, data_dir) if threshold_split else None
+    held = _collect(runs, config, threshold_split, data_dir, methods=methods) if threshold_split else None
     return test, held, threshold_split
 
 
@@ -151,9 +154,8 @@ def _classification(test: dict, config) -> dict:
     return result
 
 
-def _trust(metrics: dict, runs, test: dict, config, out_dir: pathlib.Path) -> None:
+def _trust(metrics: dict, runs, test: dict, config, out_dir: pathlib.Path, stage_methods: dict) -> None:
     """Faithfulness and sanity figures of every stage's maps, and the randomisation figure."""
-    stage_methods = {s: stages_lib.get(s).map_methods for s in runs}
     result = trust.trust_report(runs, test, stage_methods, config)
     cascade = result.pop("_cascade", None)
     metrics["trust"] = result
@@ -165,13 +167,13 @@ def _trust(metrics: dict, runs, test: dict, config, out_dir: pathlib.Path) -> No
         metrics["figures"]["randomisation_cascade"] = "randomisation_cascade.png"
 
 
-def _shortcuts(runs, config) -> dict[str, dict]:
+def _shortcuts(runs, config, stage_methods: dict) -> dict[str, dict]:
     """{stage name: `shortcuts.shortcut_report`} on the same counterfactual renders (synthetic only)."""
     rendered = shortcuts.render_counterfactuals(config.synthetic, int(config.eval.shortcut_limbs))
     tolerance = localisation.pointing_tolerance(int(config.data.image_size), config.eval.pointing_tolerance)
     out = {}
     for stage, run in runs.items():
-        methods = tuple(m for m in shortcuts.ARGMAX_METHODS if m in stages_lib.get(stage).map_methods)
+        methods = tuple(m for m in shortcuts.ARGMAX_METHODS if m in stage_methods[stage])
         maps_fn = lambda x, run=run, methods=methods: {m: run.maps(x, method=m) for m in methods}
         out[f"stage{stage}"] = shortcuts.shortcut_report(run.predict, maps_fn, config.synthetic,
                                                          tolerance=tolerance, rendered=rendered)
@@ -194,14 +196,18 @@ def _to_json(value):
 
 def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None = None,
                      out_dir=None, which: str | int = "best", verbose: bool = True,
-                     lesion_labels: str | None = None) -> dict:
+                     lesion_labels: str | None = None, stages=None,
+                     methods: dict[int, tuple[str, ...]] | None = None) -> dict:
     """Evaluates every trained stage in `workdir`; writes and returns the metrics dict.
 
     ``lesion_labels`` overrides the run's ``config.eval.lesion_labels`` (clinician masks of
-    test images, `pcam_jax.data.clinician_labels`)."""
+    test images, `pcam_jax.data.clinician_labels`). ``stages`` picks some of the trained stages
+    (default: all); ``methods`` ({stage: map methods}) scores fewer maps than a stage's
+    ``map_methods`` (e.g. stage 1's CAM and positive CAM without Score-CAM: `pcam_jax.study`)."""
     workdir = pathlib.Path(workdir)
     out_dir = pathlib.Path(out_dir) if out_dir else workdir / "eval"
-    stages = trained_stages(workdir)
+    trained = trained_stages(workdir)
+    stages = trained if stages is None else [s for s in stages_lib.parse(stages) if s in trained]
     if not stages:
         raise FileNotFoundError(f"no checkpoints under {workdir / 'checkpoints'}: train first "
                                 f"(`pcam-jax train --workdir {workdir}`) or point --workdir at a run")
@@ -222,7 +228,8 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
 
     n_figure = int(config.eval.num_figure_images)
     n_trust = int(config.eval.get("trust_images", 0))
-    test, held, threshold_split = _labelled_splits(runs, config, split, data_dir, max(n_figure, n_trust))
+    methods = {s: tuple((methods or {}).get(s, stages_lib.get(s).map_methods)) for s in stages}
+    test, held, threshold_split = _labelled_splits(runs, config, split, data_dir, max(n_figure, n_trust), methods)
     metrics: dict[str, Any] = {
         "split": split, "dataset": dataset, "workdir": str(workdir),
         "checkpoint_steps": {f"stage{s}": r.step for s, r in runs.items()},
@@ -261,13 +268,13 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
             fig.savefig(out_dir / "figure2.png", dpi=110, bbox_inches="tight")
             metrics["figures"]["figure2"] = "figure2.png"
         if n_trust > 0:
-            _trust(metrics, runs, test, config, out_dir)
+            _trust(metrics, runs, test, config, out_dir, methods)
     else:
         metrics["localisation"] = {}
         metrics["localisation_note"] = f"no test image of split {split!r} has a lesion mask"
 
     if dataset == "synthetic" and int(config.eval.get("shortcut_limbs", 0)) > 0:
-        metrics["shortcuts"] = _shortcuts(runs, config)
+        metrics["shortcuts"] = _shortcuts(runs, config, methods)
     out_dir.mkdir(parents=True, exist_ok=True)
     last = stages[-1]
     predictions = (test["probs"][last] > 0.5).astype(np.int32)

@@ -1,0 +1,144 @@
+"""The seeded study's numbers: mean and 95 % t-interval over seeds, the table and the plot.
+
+Pure functions of the per-run rows `pcam_jax.study.summarise` makes (each row: a method /
+setting, its label count, ``curve`` = the stage whose decoder curve it is a point of, or None,
+and the metrics of `METRICS`, None where not measured):
+
+    aggregated = aggregate(results, runs)       # {shortcut: [row with mean_interval per metric]}
+    markdown_table(aggregated)                  # study.md
+    label_efficiency_plot(aggregated, "label_efficiency.png")
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from pcam_jax.training import stages as stages_lib
+
+METRICS = {"kappa": "kappa", "auroc": "AUROC", "lesion_auroc": "lesion AUROC", "pointing_game": "pointing game",
+           "pxap": "PxAP"}
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Student's t quantile (scipy)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(p, df))
+
+
+def mean_interval(values: Iterable[float | None], confidence: float = 0.95) -> dict:
+    """Mean and t-interval of the finite values: {"mean", "low", "high", "half_width", "n", "values"}
+    (half_width ``t_{(1+c)/2, n-1} s / sqrt(n)``, sample std s; None with fewer than 2 values)."""
+    given = [None if v is None else float(v) for v in values]
+    finite = np.asarray([v for v in given if v is not None and math.isfinite(v)], float)
+    n = len(finite)
+    mean = float(finite.mean()) if n else None
+    half = (t_quantile(0.5 + confidence / 2, n - 1) * float(finite.std(ddof=1)) / math.sqrt(n)) if n > 1 else None
+    return {"mean": mean, "low": None if half is None else mean - half, "high": None if half is None else mean + half,
+            "half_width": half, "n": n, "values": given}
+
+
+def aggregate(results: Iterable[dict], runs: Sequence) -> dict:
+    """{shortcut: [{"row", "labels", "curve", "seeds", metric: mean_interval, ...}]} over seeds, in
+    grid order. ``results``: {"name", "rows"} per finished run; ``runs``: the grid's `pcam_jax.study.Run`s.
+
+    A labelled stage with a source (stage 3) gets a 0-label row: the run it starts from, whose map
+    (stage 2's attention) joins the stage's decoder curve at 0 labels."""
+    by_name = {r["name"]: r for r in results}
+    zero_of = {source: run.stage for run in runs if stages_lib.get(run.stage).needs_labelled
+               for source, _ in run.sources}
+    table: dict[str, dict[tuple, list[dict]]] = {s: {} for s in dict.fromkeys(run.shortcut for run in runs)}
+    for run in runs:
+        for row in by_name.get(run.name, {}).get("rows", []):
+            table[run.shortcut].setdefault((row["row"], row["labels"]), []).append(row)
+            if run.name in zero_of:
+                target = zero_of[run.name]
+                zero = dict(row, row=f"{stages_lib.get(target).name}, 0 labels = {row['row']}", labels=0,
+                            curve=target, stage=target)
+                table[run.shortcut].setdefault((zero["row"], 0), []).append(zero)
+    out = {}
+    for shortcut, rows in table.items():
+        # By stage; a stage's decoder curve first (0 labels = its start, then by labels), then its other maps.
+        order = lambda item: (item[1][1][0].get("stage", 0), item[1][1][0].get("curve") is None,
+                              item[1][0][1] or 0, item[0])
+        ranked = sorted(enumerate(rows.items()), key=order)
+        out[shortcut] = [{"row": key[0], "labels": key[1], "stage": found[0].get("stage"), "curve": found[0].get("curve"),
+                          "seeds": [r.get("seed") for r in found],
+                          **{m: mean_interval([r[m] for r in found]) for m in METRICS}}
+                         for _, (key, found) in ranked]
+    return out
+
+
+def format_cell(interval: dict, digits: int = 3) -> str:
+    """``0.853 [0.801, 0.905]``; ``0.853 (n=1)``; ``-`` when nothing was measured."""
+    if not interval or interval.get("mean") is None:
+        return "-"
+    if interval.get("half_width") is None:
+        return f"{interval['mean']:.{digits}f} (n={interval['n']})"
+    return f"{interval['mean']:.{digits}f} [{interval['low']:.{digits}f}, {interval['high']:.{digits}f}]"
+
+
+def markdown_table(aggregated: dict, title: str = "Seeded study") -> str:
+    """One table per shortcut setting: rows = method / setting, columns = metrics."""
+    lines = [f"# {title}", "",
+             "Mean [95 % t-interval] over seeds, test split. kappa and AUROC: classification; lesion AUROC: "
+             "counterfactual renders with marker and hardware held equal (pooled); pointing game and PxAP: "
+             "localisation of the row's map. Stage 3 cannot train with 0 labels: its 0-label row is the "
+             "stage-2 run it starts from. Stage 4 is not a classifier (its head stays at its random start).", ""]
+    for shortcut, rows in aggregated.items():
+        lines += [f"## Shortcut {shortcut}" + (" (side marker and hardware never drawn)" if shortcut == "off" else ""),
+                  "", "| method / setting | labels | seeds | " + " | ".join(METRICS.values()) + " |",
+                  "|---|---|---|" + "---|" * len(METRICS)]
+        for row in rows:
+            n = max(row[m]["n"] for m in METRICS)
+            labels = "-" if row["labels"] is None else str(row["labels"])
+            lines.append(f"| {row['row']} | {labels} | {n} | " + " | ".join(format_cell(row[m]) for m in METRICS) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def label_efficiency_plot(aggregated: dict, path):
+    """Decoder PxAP and pointing game against the number of labels: stage 3 (0 labels: its
+    stage-2 start) and the stage-4 segmenter, mean with 95 % interval bars, per shortcut setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {"on": ("-", "o", 0.0), "off": ("--", "s", 0.04)}   # line, marker, x nudge (log units)
+    counts = set()
+    for ax, metric in zip(axes, ("pxap", "pointing_game")):
+        for shortcut, rows in aggregated.items():
+            line, marker, nudge = styles.get(shortcut, ("-", "o", 0.0))
+            curves = list(dict.fromkeys(r["curve"] for r in rows if r.get("curve")))
+            for colour, curve in enumerate(curves):
+                points = sorted(((r["labels"], r[metric]) for r in rows
+                                 if r.get("curve") == curve and r[metric]["mean"] is not None), key=lambda p: p[0])
+                if not points:
+                    continue
+                spec = stages_lib.get(curve)
+                label = f"{spec.name} decoder" + ("" if spec.uses("l1") else " (segmenter, labelled only)")
+                counts.update(p[0] for p in points)
+                ax.errorbar([p[0] * 10 ** nudge + nudge for p in points], [p[1]["mean"] for p in points],
+                            yerr=[p[1]["half_width"] or 0.0 for p in points], color=f"C{colour}", linestyle=line,
+                            marker=marker, capsize=3, label=f"{label}, shortcut {shortcut}")
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xticks(sorted(counts) or [0], [str(c) for c in sorted(counts)] or ["0"])
+        ax.set_xlabel("lesion-labelled training images")
+        ax.set_ylabel(METRICS[metric])
+        ax.grid(alpha=0.3)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
+    else:
+        axes[0].text(0.5, 0.5, "no run with lesion labels", ha="center", transform=axes[0].transAxes)
+    fig.text(0.5, 0.01, "0 labels: the run stage 3 starts from (stage 2's attention map); bars: 95 % t-interval",
+             ha="center", fontsize=8)
+    fig.suptitle("Label efficiency: mean and 95 % interval over seeds")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,210 @@
+"""The seeded study (`pcam_jax.study`, `experiments/study.py`): intervals, the grid, resume, one tiny run."""
+
+import importlib.util
+import json
+import math
+import pathlib
+
+import pytest
+
+from pcam_jax import study
+from pcam_jax.configs import get_config
+from pcam_jax.study_tables import format_cell, mean_interval, t_quantile
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _entry_point():
+    spec = importlib.util.spec_from_file_location("study_entry_point", REPO / "experiments" / "study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- the interval ------------------------------------------------------------------------------
+
+def test_mean_interval_is_the_t_interval_computed_by_hand():
+    # Table values of Student's t, two-sided 95 %: df 2 -> 4.303, df 3 -> 3.182, df 9 -> 2.262.
+    assert t_quantile(0.975, 2) == pytest.approx(4.303, abs=5e-4)
+    assert t_quantile(0.975, 3) == pytest.approx(3.182, abs=5e-4)
+    assert t_quantile(0.975, 9) == pytest.approx(2.262, abs=5e-4)
+    # [1, 2, 3]: mean 2, sample std 1, half-width t(0.975, 2) * 1 / sqrt(3) = 2.484.
+    got = mean_interval([1, 2, 3])
+    assert got["mean"] == 2.0 and got["n"] == 3
+    assert got["half_width"] == pytest.approx(4.3027 / math.sqrt(3), abs=1e-4)
+    assert got["half_width"] == pytest.approx(2.484, abs=1e-3)
+    assert (got["low"], got["high"]) == pytest.approx((2 - 2.4841, 2 + 2.4841), abs=1e-4)
+    # [0.5, 0.7, 0.6, 0.8]: mean 0.65, s = sqrt(0.05 / 3), half-width 3.182 * s / 2 = 0.2054.
+    got = mean_interval([0.5, 0.7, 0.6, 0.8])
+    assert got["mean"] == pytest.approx(0.65)
+    assert got["half_width"] == pytest.approx(3.1824 * math.sqrt(0.05 / 3) / 2, abs=1e-4)
+
+
+def test_mean_interval_drops_missing_values_and_needs_two_for_an_interval():
+    got = mean_interval([0.4, None, float("nan"), 0.6])
+    assert got["n"] == 2 and got["mean"] == pytest.approx(0.5)
+    assert got["half_width"] == pytest.approx(12.706 * math.sqrt(0.02) / math.sqrt(2), abs=1e-3)
+    one = mean_interval([0.7])
+    assert one["mean"] == 0.7 and one["half_width"] is None and format_cell(one) == "0.700 (n=1)"
+    assert mean_interval([None])["mean"] is None and format_cell(mean_interval([])) == "-"
+    assert format_cell(mean_interval([1, 2, 3])) == "2.000 [-0.484, 4.484]"
+
+
+# --- the grid ----------------------------------------------------------------------------------
+
+def test_the_default_grid_has_every_method_for_every_seed_and_shortcut_setting():
+    runs = study.grid((0, 1, 2))
+    names = [r.name for r in runs]
+    assert len(runs) == 3 * 2 * 9 and len(set(names)) == len(names)
+    group = [r.short_name for r in runs if r.group == "seed1-shortcut_off"]
+    assert group == ["stage1", "stage2-keep", "stage2-erase", "stage3-keep-n10", "stage3-keep-n30",
+                     "stage3-keep-n100", "stage4-n10", "stage4-n30", "stage4-n100"]
+    position = {name: i for i, name in enumerate(names)}
+    for run in runs:
+        for source, _ in run.sources:           # what a run copies is finished before it
+            assert position[source] < position[run.name]
+        if run.stage == 3:                       # stage 3 reuses its group's stage-2 keep run
+            assert run.sources == ((f"{run.group}/stage2-keep", 2),)
+        else:                                    # stage 2 from scratch (the paper), stage 4 from scratch
+            assert run.sources == ()
+    # Stages 1 and 2 share the dataset of the largest label count (the same images).
+    assert {r.labels for r in runs if r.stage in (1, 2)} == {100}
+    assert {r.shortcut for r in runs} == {"on", "off"} and {r.seed for r in runs} == {0, 1, 2}
+
+
+def test_the_grid_follows_the_configs_sources_and_label_counts():
+    config = get_config("synthetic")
+    config.stage2.init_from = "stage1"
+    runs = study.grid((0,), shortcuts=("on",), modes=("keep", "erase"), labels=(0, 5), stage3_mode="erase",
+                      sources=study.stage_sources(config))
+    by_name = {r.short_name: r for r in runs}
+    assert list(by_name) == ["stage1", "stage2-keep", "stage2-erase", "stage3-erase-n5", "stage4-n5"]
+    assert by_name["stage2-keep"].sources == (("seed0-shortcut_on/stage1", 1),)
+    assert by_name["stage3-erase-n5"].sources == (("seed0-shortcut_on/stage2-erase", 2),)
+    assert [r.short_name for r in study.grid((0,), shortcuts=("off",), labels=(0,))] == [
+        "stage1", "stage2-keep", "stage2-erase"]   # 0 labels: no stage 3 or 4 run (stage 2 stands in)
+    with pytest.raises(ValueError, match="stage3_mode|mode 'erase'"):
+        study.grid((0,), modes=("keep",), stage3_mode="erase")
+    with pytest.raises(ValueError, match="shortcut"):
+        study.grid((0,), shortcuts=("maybe",))
+
+
+def test_run_config_sets_seed_shortcut_mode_and_labels(tmp_path):
+    base = study.study_config("small")
+    run = study.Run(seed=2, shortcut="off", stage=3, labels=30, mode="erase")
+    config = study.run_config(base, run, tmp_path / "data")
+    assert config.seed == 2 and config.synthetic.seed == 2
+    assert all(config.synthetic[f] == 0.0 for f in study.SHORTCUT_FIELDS)
+    assert config.stage2.mask_mode == "erase" and config.synthetic.num_labelled == 30
+    assert config.data.data_dir == str((tmp_path / "data").absolute())
+    assert base.synthetic.marker_prob_abnormal > 0 and base.seed == 0     # the base is left alone
+    on = study.run_config(base, study.Run(1, "on", 1, 100), tmp_path, vary_data=False)
+    assert on.synthetic.seed == base.synthetic.seed and on.synthetic.marker_prob_abnormal == base.synthetic.marker_prob_abnormal
+    assert base.eval.trust_images == 0 and base.synthetic.lesion_level == "clear"
+    assert study.study_config("demo", "subtle").synthetic.lesion_level == "subtle"
+
+
+def test_overrides_keep_each_fields_type():
+    config = study.apply_overrides(get_config("tiny"), [
+        "data.batch_size=4", "optimizer.learning_rate=1e-2", "stage2.abnormal_only=false",
+        "stage2.init_from=stage1", "model.widths=(4, 4)", "config.stage1.num_epochs=2"])
+    assert config.data.batch_size == 4 and config.optimizer.learning_rate == 0.01
+    assert config.stage2.abnormal_only is False and config.stage2.init_from == "stage1"
+    assert tuple(config.model.widths) == (4, 4) and config.stage1.num_epochs == 2
+    for bad in ("data.nope=1", "data.batch_size", "nope.x=1"):
+        with pytest.raises(ValueError, match="override"):
+            study.apply_overrides(get_config("tiny"), [bad])
+
+
+# --- running, resuming -------------------------------------------------------------------------
+
+def _fake_metrics(run):
+    """What `evaluate_workdir` returns, with numbers that depend on the seed."""
+    name, value = f"stage{run.stage}", 0.5 + 0.1 * run.seed
+    return {"classification": {name: {"image": {"cohen_kappa": value, "auroc": value + 0.2}}},
+            "shortcuts": {name: {"lesion_auroc": {"pooled": value + 0.1}}},
+            "localisation": {f"{name}/{m}": {"pointing_game": value, "pxap": value / 2} for m in study.SCORED[run.stage]}}
+
+
+class FakeRunner:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, run, config, run_dir, should_stop=None):
+        self.calls.append(run.name)
+        (run_dir / "checkpoints" / f"stage{run.stage}" / "7").mkdir(parents=True, exist_ok=True)
+        assert config.seed == run.seed and config.synthetic.num_labelled == run.labels
+        return _fake_metrics(run)
+
+
+def test_a_finished_run_is_skipped_and_sources_are_copied(tmp_path):
+    runs = study.grid((0, 1), shortcuts=("on",), modes=("keep",), labels=(0, 10))
+    runner, lines = FakeRunner(), []
+    out = study.run_study(runs, get_config("tiny"), tmp_path, runner=runner, log=lines.append)
+    assert runner.calls == [r.name for r in runs] and not out["stopped"]
+    assert (tmp_path / "seed1-shortcut_on/stage3-keep-n10/checkpoints/stage2/7").is_dir()   # stage 2 copied in
+    assert any("run 2/8: seed0-shortcut_on/stage2-keep ... done in" in l and "ETA" in l for l in lines)
+    for name in ("study.json", "study.md", "label_efficiency.png"):
+        assert (tmp_path / name).is_file()
+    rows = {(r["row"], r["labels"]): r for r in json.loads((tmp_path / "study.json").read_text())["aggregate"]["on"]}
+    cam = rows[("stage1: CAM", None)]
+    assert cam["kappa"]["mean"] == pytest.approx(0.55) and cam["kappa"]["n"] == 2 and cam["seeds"] == [0, 1]
+    zero = rows[("stage3, 0 labels = stage2 (keep): attention (positive CAM)", 0)]
+    assert zero["pxap"]["mean"] == pytest.approx(rows[("stage2 (keep): attention (positive CAM)", None)]["pxap"]["mean"])
+    assert zero["curve"] == 3 and rows[("stage3 (keep): decoder", 10)]["curve"] == 3
+    segmenter = rows[("stage4 segmenter, labelled only: decoder", 10)]
+    assert segmenter["kappa"]["mean"] is None and segmenter["pointing_game"]["n"] == 2   # not a classifier
+    table = (tmp_path / "study.md").read_text()
+    assert "## Shortcut on" in table and "| stage1: CAM | - | 2 | 0.550 [" in table
+
+    again, lines = FakeRunner(), []
+    study.run_study(runs, get_config("tiny"), tmp_path, runner=again, log=lines.append)
+    assert again.calls == [] and sum("finished before" in l for l in lines) == len(runs)
+    (tmp_path / runs[-1].name / study.RESULT).unlink()            # one run not finished: only it runs
+    study.run_study(runs, get_config("tiny"), tmp_path, runner=again, log=lines.append)
+    assert again.calls == [runs[-1].name]
+
+
+def test_a_stop_request_between_runs_returns_and_resumes_later(tmp_path):
+    runs = study.grid((0,), shortcuts=("off",), modes=("keep",), labels=(0,))
+    runner = FakeRunner()
+    out = study.run_study(runs, get_config("tiny"), tmp_path, runner=runner, log=lambda _: None,
+                          should_stop=lambda: bool(runner.calls))
+    assert out["stopped"] and runner.calls == [runs[0].name] and not (tmp_path / "study.json").exists()
+    study.run_study(runs, get_config("tiny"), tmp_path, runner=runner, log=lambda _: None)
+    assert runner.calls == [r.name for r in runs]
+
+
+def test_the_entry_point_lists_the_grid(capsys):
+    module = _entry_point()
+    args = module.parse_args(["--dry-run", "--seeds", "0,1", "--shortcut", "on", "--labels", "0,10",
+                              "--config.stage2.init_from=stage1", "--set", "data.batch_size=8"])
+    assert args.overrides == ["stage2.init_from=stage1", "data.batch_size=8"]
+    assert module.study(args) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 * 5 and printed[1] == "run 2/10: seed0-shortcut_on/stage2-keep  (copies stage 1 of seed0-shortcut_on/stage1)"
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_tiny_study_trains_scores_and_resumes(tmp_path, fast_compilation):
+    runs = study.grid((0,), shortcuts=("on",), modes=("keep",), labels=(0, 4))
+    config = study.study_config("tiny")
+    lines = []
+    out = study.run_study(runs, config, tmp_path, log=lines.append)
+    assert [l.split(" ... ")[1][:7] for l in lines if " ... " in l and "done" in l] == ["done in"] * 4
+    run_dirs = {r.short_name: tmp_path / r.name for r in runs}
+    scored = json.loads((run_dirs["stage1"] / "eval" / "metrics.json").read_text())
+    assert set(scored["localisation"]) == {"stage1/cam", "stage1/positive_cam"}   # no Score-CAM & co.
+    stage3 = json.loads((run_dirs["stage3-keep-n4"] / "eval" / "metrics.json").read_text())
+    assert set(stage3["localisation"]) == {"stage3/decoder", "stage3/positive_cam"}   # not the copied stage 2
+    assert (run_dirs["stage3-keep-n4"] / "checkpoints" / "stage2").is_dir()
+    rows = {(r["row"], r["labels"]): r for r in out["aggregate"]["on"]}
+    for key in (("stage1: CAM", None), ("stage3 (keep): decoder", 4), ("stage4 segmenter, labelled only: decoder", 4)):
+        assert 0.0 <= rows[key]["pointing_game"]["mean"] <= 1.0 and 0.0 <= rows[key]["pxap"]["mean"] <= 1.0
+    assert 0.0 <= rows[("stage1: CAM", None)]["lesion_auroc"]["mean"] <= 1.0
+    assert (tmp_path / "label_efficiency.png").stat().st_size > 1000
+    lines.clear()
+    study.run_study(runs, config, tmp_path, log=lines.append)       # all finished: nothing trains
+    assert sum("finished before" in l for l in lines) == len(runs)
