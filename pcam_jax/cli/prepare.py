@@ -33,6 +33,22 @@ def _or(value, default):
     return default if value is None else value
 
 
+def prepare_uint8_cache(config, data_dir, split: str = "train"):
+    """The uint8 cache of ``split`` for ``config`` (image size, resize mode), built now with a
+    progress bar unless a current one is there; returns the `uint8_cache.SplitCache`
+    (``built`` says which). Reads the records exactly as training does
+    (`pcam_jax.training.loop.PipelineData`: clinician lesion labels joined). Here, not in
+    `pcam_jax.data.prepare`: the data package must not import training."""
+    from pcam_jax import runtime
+
+    runtime.tensorflow()  # before TFDS touches TensorFlow
+    from pcam_jax.training import loop
+
+    print(f"Storing the {split} split as uint8 at {int(config.data.image_size)} px "
+          f"(resize={config.data.resize}) ...", flush=True)
+    return loop.PipelineData(config, data_dir).uint8_split(split, progress=True)
+
+
 def prepare_folder(config, data_dir):
     """`pcam_jax.data.folder.prepare` with the flags over config.data.folder_*."""
     root = flags.FOLDER_ROOT.value or config.data.folder_root
@@ -93,7 +109,7 @@ def main(argv) -> None:
     if build_cache is None:
         build_cache = config.data.get("augment_on", "host") == "device"
     if build_cache:
-        cache = prepare.prepare_uint8_cache(dataset_config(config, dataset, data_dir), data_dir)
+        cache = prepare_uint8_cache(dataset_config(config, dataset, data_dir), data_dir)
         print(prepare.uint8_summary(cache), flush=True)
     else:
         print("uint8 cache: not built (data.augment_on=host decodes on the fly; --uint8_cache "

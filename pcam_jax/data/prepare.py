@@ -2,10 +2,10 @@
 
 `prepare_mura` checks a manual MURA download and builds it; `prepare_synthetic` builds the
 synthetic radiographs; `summary` says where each went, its split sizes and anything the
-build reported. `prepare_uint8_cache` then stores the train split once as uint8 at the
-config's training size and resize mode (`pcam_jax.data.uint8_cache`, what
+build reported. The command around them is `pcam_jax.cli.prepare`, which then stores the
+train split once as uint8 at the config's training size and resize mode
+(`pcam_jax.cli.prepare.prepare_uint8_cache`, `pcam_jax.data.uint8_cache`: what
 ``data.augment_on="device"`` trains from), so the first training run does not build it.
-The command around them is `pcam_jax.cli.prepare`.
 """
 
 from __future__ import annotations
@@ -41,19 +41,6 @@ def prepare_synthetic(synthetic_config, data_dir):
 
     print(f"Building synthetic radiographs into {data_dir} ...", flush=True)
     return synthetic_builder.prepare(synthetic_config, data_dir)
-
-
-def prepare_uint8_cache(config, data_dir, split: str = "train"):
-    """The uint8 cache of ``split`` for ``config`` (image size, resize mode), built now with a
-    progress bar unless a current one is there; returns the `uint8_cache.SplitCache`
-    (``built`` says which). Reads the records exactly as training does
-    (`pcam_jax.training.loop.PipelineData`: clinician lesion labels joined)."""
-    runtime.tensorflow()  # before TFDS touches TensorFlow
-    from pcam_jax.training import loop
-
-    print(f"Storing the {split} split as uint8 at {int(config.data.image_size)} px "
-          f"(resize={config.data.resize}) ...", flush=True)
-    return loop.PipelineData(config, data_dir).uint8_split(split, progress=True)
 
 
 def uint8_summary(cache) -> str:

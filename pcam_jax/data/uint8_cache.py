@@ -12,7 +12,7 @@ Layout: ``<data_dir>/pcam_jax_uint8/<dataset>-<split>-<size>px-<resize>/`` with 
 half-built cache is rebuilt; a cache whose key (dataset and its build settings, split, size,
 resize, number of records, the clinician lesion labels joined into the train split, version)
 differs from what the config asks for is rebuilt. ``pcam-jax prepare`` builds the train
-split's cache ahead of training (`pcam_jax.data.prepare.prepare_uint8_cache`); otherwise the
+split's cache ahead of training (`pcam_jax.cli.prepare.prepare_uint8_cache`); otherwise the
 first training run that reads it builds it.
 
 Order: epoch ``e`` of a process is a permutation of its records (rows ``process_index::process_count``)
