@@ -84,7 +84,12 @@ def sanity_figures(run, images: np.ndarray, methods: tuple[str, ...], *, seed: i
     cascade = sanity.cascading_randomisation(maps_fn, run.variables, fresh, x, targets)
     verdict = sanity.cascade_verdict(cascade, "ssim")
     logit = sanity.random_logit_test(maps_fn, run.variables, x, targets, 2, jax.random.key(seed))
-    mean = lambda a: [float(v) for v in np.nanmean(np.asarray(a, np.float64), axis=-1).reshape(-1)]
+    def mean(a):  # over images; a constant map's similarity is NaN (no ranks): NaN if all are
+        a = np.asarray(a, np.float64)
+        counts = np.sum(np.isfinite(a), axis=-1)
+        sums = np.sum(np.where(np.isfinite(a), a, 0.0), axis=-1)
+        return [float(v) for v in np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).reshape(-1)]
+
     return {
         "steps": cascade["steps"],
         "cascade": {m: {"ssim": mean(cascade["ssim"][m]), "spearman": mean(cascade["spearman"][m]),
