@@ -84,6 +84,7 @@ def sanity_figures(run, images: np.ndarray, methods: tuple[str, ...], *, seed: i
     cascade = sanity.cascading_randomisation(maps_fn, run.variables, fresh, x, targets)
     verdict = sanity.cascade_verdict(cascade, "ssim")
     logit = sanity.random_logit_test(maps_fn, run.variables, x, targets, 2, jax.random.key(seed))
+
     def mean(a):  # over images; a constant map's similarity is NaN (no ranks): NaN if all are
         a = np.asarray(a, np.float64)
         counts = np.sum(np.isfinite(a), axis=-1)
