@@ -235,9 +235,13 @@ def test_stage3_starts_from_stage2_encoder_and_head_with_a_fresh_decoder(finishe
     stage2, _ = _params(workdir, 2, "best")
     assert results[2]["best_step"] == 6
     fresh = models.init_variables(model, rng, config.data.image_size)
-    for part, source in (("encoder", stage2["params"]), ("head", stage2["params"]), ("decoder", fresh["params"])):
+    for part, source in (("encoder", stage2["params"]), ("head", stage2["params"])):  # copied: exact
         for a, b in zip(jax.tree.leaves(start["params"][part]), jax.tree.leaves(source[part])):
             np.testing.assert_array_equal(a, b)
+    # The decoder is initialised anew from that key; inside and outside jit the initialiser's
+    # float ops may round differently (seen: 4e-8 on an Intel Xeon), so equal up to rounding.
+    for a, b in zip(jax.tree.leaves(start["params"]["decoder"]), jax.tree.leaves(fresh["params"]["decoder"])):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     for a, b in zip(jax.tree.leaves(start["batch_stats"]), jax.tree.leaves(stage2["batch_stats"])):
         np.testing.assert_array_equal(a, b)
 
