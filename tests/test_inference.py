@@ -34,6 +34,16 @@ def test_model_input_is_resized_as_the_training_pipeline_does(mode, shape):
     np.testing.assert_allclose(inference.to_model_size(image, 32, mode), expected, atol=1e-5)  # float32 rounding
 
 
+@pytest.mark.parametrize("shape", [(250, 204, 32, 32), (5, 4, 250, 204), (7, 5, 3, 11), (1, 1, 4, 4), (9, 9, 9, 9)])
+def test_two_tap_resize_equals_the_interpolation_matrix_product(shape):
+    h, w, height, width = shape
+    image = np.random.default_rng(h * w).random((h, w)).astype(np.float32)
+    rows = maps_lib.interpolation_matrix(h, height, align_corners=False)
+    cols = maps_lib.interpolation_matrix(w, width, align_corners=False)
+    np.testing.assert_allclose(inference.resize_bilinear(image, height, width), rows @ image @ cols.T,
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_map_to_image_equals_postprocess():
     raw = np.random.default_rng(1).normal(size=(8, 8)).astype(np.float32)
     expected = np.asarray(maps_lib.postprocess(raw[None], 50, 37))[0]
