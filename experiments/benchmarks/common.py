@@ -148,3 +148,18 @@ def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) 
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def run_json_lines(cmd: Sequence[str], caller: str) -> list[dict]:
+    """Run a benchmark process; its JSON result lines (``{...}``), or exit naming the command and
+    its stderr's tail when it fails (the benchmarks that pair JAX and PyTorch processes)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(list(cmd), capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{caller}: `{' '.join(cmd)}` failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    if not rows:
+        sys.exit(f"{caller}: `{' '.join(cmd)}` printed no JSON result; its output was:\n{done.stdout[-2000:]}")
+    return rows

@@ -51,9 +51,8 @@ def main():
     import jax
     import jax.numpy as jnp
 
-    from maps import build  # experiments/benchmarks/maps.py: the network with BatchNorm statistics
+    from maps import build, explained_map  # experiments/benchmarks/maps.py: network with BN statistics, map
     from pcam_jax import faithfulness as fa
-    from pcam_jax import maps
 
     print(common.environment_header(), flush=True)
     model, variables, images = build(args.size, args.batch, args.seed)
@@ -62,9 +61,7 @@ def main():
     def prob_fn_for(v):
         return fa.target_probability(lambda x: model.apply(v, x)[0], targets)
 
-    saliency = jax.jit(lambda v, x: maps.postprocess(maps.positive_cam(
-        model.apply(v, x)[1], v["params"]["head"]["dense"]["kernel"], targets), args.size, args.size))(
-        variables, images)
+    saliency = explained_map(model, variables, images)
     key = jax.random.key(args.seed)
     steps, road = args.num_steps, len(fa.ROAD_FRACTIONS)
     programs = {

@@ -32,10 +32,8 @@ libraries' imputation is an exact sparse solve per image (scipy), ours conjugate
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -85,26 +83,21 @@ def export(path: str, size: int, batch: int, seed: int) -> None:
     import jax
     import numpy as np
 
-    from maps import build  # experiments/benchmarks/maps.py: the same network as faithfulness.py
-    from pcam_jax import maps
+    from maps import build, explained_map  # experiments/benchmarks/maps.py: as faithfulness.py
     from pcam_jax.models import NetworkSpec, abnormal_probability
 
     model, variables, images = build(size, batch, seed)
-    targets = jax.numpy.ones((batch,), jax.numpy.int32)
-    saliency = jax.jit(lambda v, x: maps.postprocess(maps.positive_cam(
-        model.apply(v, x)[1], v["params"]["head"]["dense"]["kernel"], targets), size, size))(variables, images)
+    saliency = explained_map(model, variables, images)
     probability = jax.jit(lambda v, x: abnormal_probability(model, v, x)[0])(variables, images)
     spec = NetworkSpec()
     np.savez(path, images=np.asarray(images)[..., 0], saliency=np.asarray(saliency),
              probability=np.asarray(probability), input_mean=spec.input_mean, input_std=spec.input_std,
              **{f"w/{k}": v for k, v in twin_state_dict(jax.device_get(variables)).items()})
+    print(common.json_line({"exported": path, "batch": batch, "size": size}), flush=True)
 
 
 def _run(cmd: list[str]) -> list[dict]:
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"faithfulness_vs_pytorch.py: `{' '.join(cmd)}` failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return common.run_json_lines(cmd, "faithfulness_vs_pytorch.py")
 
 
 def main():

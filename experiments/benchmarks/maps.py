@@ -50,6 +50,21 @@ def build(size: int, batch: int, seed: int):
     return model, variables, images
 
 
+def explained_map(model, variables, images):
+    """The map the faithfulness benchmarks explain: positive CAM of the abnormal class, brought to
+    the image size (`pcam_jax.maps.postprocess`), (B, H, W) in [0, 1]."""
+    import jax
+    import jax.numpy as jnp
+
+    from pcam_jax import maps
+    from pcam_jax.models import ABNORMAL, head_kernel
+
+    size = images.shape[1]
+    targets = jnp.full((images.shape[0],), ABNORMAL, jnp.int32)
+    return jax.jit(lambda v, x: maps.postprocess(maps.positive_cam(
+        model.apply(v, x)[1], head_kernel(v["params"]), targets), size, size))(variables, images)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)

@@ -14,10 +14,8 @@ above 1 means JAX is faster). Same network, batch, image size and Adam step in b
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -28,31 +26,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TORCH_SCRIPT = os.path.join(HERE, "torch_twin", "torch_reference.py")
 
 
-def _run(cmd: list[str]) -> str:
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"vs_pytorch.py: `{' '.join(cmd)}` failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return done.stdout
-
-
-def _last_json(stdout: str, what: str) -> dict:
-    for line in reversed(stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    raise RuntimeError(f"{what} printed no JSON result; its output was:\n{stdout[-2000:]}")
-
-
 def run_jax(batch: int, size: int, steps: int) -> float:
     cmd = [sys.executable, os.path.join(HERE, "train_step.py"), "--shapes", f"{batch}x{size}", "--stages", "1",
            "--steps", str(steps), "--no-parts"]
-    return _last_json(_run(cmd), "train_step.py")["median_s"]
+    return common.run_json_lines(cmd, "vs_pytorch.py")[-1]["median_s"]
 
 
 def run_torch(python: str, script: str, batch: int, size: int, steps: int, channels_last: bool) -> float:
     cmd = [python, script, "train", "--batch", str(batch), "--size", str(size), "--steps", str(steps)]
     if channels_last:
         cmd.append("--channels-last")
-    return _last_json(_run(cmd), "torch_reference.py")["median_s"]
+    return common.run_json_lines(cmd, "vs_pytorch.py")[-1]["median_s"]
 
 
 def main():
