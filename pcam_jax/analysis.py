@@ -88,7 +88,8 @@ class Run:
         model = self.model
         self._probs = jax.jit(lambda v, x: abnormal_probability(model, v, x)[0])
         self._decoder = jax.jit(lambda v, x: model.apply(v, x, method=PCAMNet.segment))
-        self._maps_fns = {}
+        self._maps_fns = {}   # {method tuple: jitted maps program}
+        self._faithfulness_programs = {}  # {(steps, road_iterations): jitted figures program}
 
     def maps_function(self, methods: tuple[str, ...]):
         """The jitted ``fn(variables, images, targets) -> {method: raw map}`` of classifier ``methods``
@@ -156,12 +157,12 @@ class Run:
         x = as_model_input(images, self.image_size)
         raw = self.raw_maps(x, (method,))[method]
         saliency = np.asarray(maps_lib.postprocess(jnp.asarray(raw), self.image_size, self.image_size))
-        key = ("faithfulness", int(steps), int(road_iterations))
-        if key not in self._maps_fns:
-            self._maps_fns[key] = map_trust.faithfulness_program(self.model, steps=int(steps),
-                                                                 road_iterations=int(road_iterations))
+        key = (int(steps), int(road_iterations))
+        if key not in self._faithfulness_programs:
+            self._faithfulness_programs[key] = map_trust.faithfulness_program(
+                self.model, steps=key[0], road_iterations=key[1])
         return map_trust.faithfulness_figures(self, x, {method: saliency}, seed=seed, chunk=self.chunk,
-                                              program=self._maps_fns[key])[method]
+                                              program=self._faithfulness_programs[key])[method]
 
     def sanity(self, images, methods=("cam", "positive_cam", "grad_cam"), *, seed: int = 0) -> dict:
         """Adebayo et al.'s sanity checks of classifier map ``methods`` on ``images`` (as for `maps`):
