@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 
 def load(workdir, stage: int = 3, which: str | int = "best"):
-    """Load a trained run for analysis: see `pcam_jax.analysis.load`."""
-    from pcam_jax.analysis import load as _load
+    """Load a trained run for analysis: see `pcam_jax.run.analysis.load`."""
+    from pcam_jax.run.analysis import load as _load
 
     return _load(workdir, stage=stage, which=which)

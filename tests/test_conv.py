@@ -1,4 +1,4 @@
-"""pcam_jax.conv: the flipped-kernel data gradient and the space-to-depth strided conv equal XLA's."""
+"""pcam_jax.models.conv: the flipped-kernel data gradient and the space-to-depth strided conv equal XLA's."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from pcam_jax import conv as conv_lib
+from pcam_jax.models import conv as conv_lib
 
 # (input shape, kernel hw, stride) of the encoder's convolutions at 32x32 input, channel
 # counts as in the default network; strides 2 with several channels take the XLA path, the

@@ -1,4 +1,4 @@
-"""pcam_jax.faithfulness and pcam_jax.imputation against numpy loops, a dense solve and hand cases.
+"""pcam_jax.trust.faithfulness and pcam_jax.trust.imputation against numpy loops, a dense solve and hand cases.
 
 The model is a logistic regression on the pixels, ``p(x) = sigmoid(sum(w * x) + b)``: the
 evidence each pixel carries relative to a baseline is known exactly, ``w * (x - baseline)``,
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from pcam_jax import faithfulness as fa
-from pcam_jax import imputation
+from pcam_jax.trust import faithfulness as fa
+from pcam_jax.trust import imputation
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")
 

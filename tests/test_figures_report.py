@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pcam_jax import overlays
+from pcam_jax.maps import overlays
 from pcam_jax.evaluation import figures, report
 
 

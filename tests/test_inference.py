@@ -1,12 +1,13 @@
-"""`pcam_jax.inference`: the batched probability + map path of `pcam-jax maps`, against the
+"""`pcam_jax.run.inference`: the batched probability + map path of `pcam-jax maps`, against the
 training pipeline's resize, `maps.postprocess`, the eval forward and the map functions."""
 
 import numpy as np
 import PIL.Image
 import pytest
 
-from pcam_jax import inference, maps as maps_lib
-from pcam_jax.analysis import Run
+from pcam_jax import maps as maps_lib
+from pcam_jax.run import inference
+from pcam_jax.run.analysis import Run
 from pcam_jax.configs import get_config
 from pcam_jax.models import abnormal_probability, create_model, init_variables
 from tests import dicom_files

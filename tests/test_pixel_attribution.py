@@ -1,4 +1,4 @@
-"""pcam_jax.pixel_attribution against numpy loops with closed-form gradients.
+"""pcam_jax.maps.pixel_attribution against numpy loops with closed-form gradients.
 
 Model: ``f(x) = sum_hwc(w * tanh(a * x)) + b`` per image, so ``df/dx = w * a * (1 - tanh(a x)^2)``.
 """
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from pcam_jax import pixel_attribution as pa
+from pcam_jax.maps import pixel_attribution as pa
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")
 

@@ -1,4 +1,4 @@
-"""pcam_jax.pooling: the strided max-pool and its gradient against a numpy loop and flax."""
+"""pcam_jax.models.pooling: the strided max-pool and its gradient against a numpy loop and flax."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pcam_jax import pooling
+from pcam_jax.models import pooling
 
 # (input shape, window, strides, padding): the encoder's 3x3/2 pool at even and odd sizes,
 # then windows that do not divide, overlap differently, or have no padding.

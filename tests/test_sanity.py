@@ -7,7 +7,8 @@ import optax
 import pytest
 import scipy.stats
 
-from pcam_jax import maps, models, sanity
+from pcam_jax import maps, models
+from pcam_jax.trust import sanity
 from pcam_jax.configs import get_config
 from pcam_jax.evaluation import figures
 

@@ -9,7 +9,7 @@ import pytest
 
 from pcam_jax import study
 from pcam_jax.configs import get_config
-from pcam_jax.study_tables import format_cell, mean_interval, t_quantile
+from pcam_jax.study.tables import format_cell, mean_interval, t_quantile
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -91,14 +91,14 @@ def test_the_grid_follows_the_configs_sources_and_label_counts():
 
 def test_run_config_sets_seed_shortcut_mode_and_labels(tmp_path):
     base = study.study_config("small")
-    run = study.Run(seed=2, shortcut="off", stage=3, labels=30, mode="erase")
+    run = study.StudyRun(seed=2, shortcut="off", stage=3, labels=30, mode="erase")
     config = study.run_config(base, run, tmp_path / "data")
     assert config.seed == 2 and config.synthetic.seed == 2
     assert all(config.synthetic[f] == 0.0 for f in study.SHORTCUT_FIELDS)
     assert config.stage2.mask_mode == "erase" and config.synthetic.num_labelled == 30
     assert config.data.data_dir == str((tmp_path / "data").absolute())
     assert base.synthetic.marker_prob_abnormal > 0 and base.seed == 0     # the base is left alone
-    on = study.run_config(base, study.Run(1, "on", 1, 100), tmp_path, vary_data=False)
+    on = study.run_config(base, study.StudyRun(1, "on", 1, 100), tmp_path, vary_data=False)
     assert on.synthetic.seed == base.synthetic.seed and on.synthetic.marker_prob_abnormal == base.synthetic.marker_prob_abnormal
     assert base.eval.trust_images == 0 and base.synthetic.lesion_level == "clear"
     assert study.study_config("demo", "subtle").synthetic.lesion_level == "subtle"

@@ -52,7 +52,7 @@ def main():
     import jax.numpy as jnp
 
     from maps import build, explained_map  # experiments/benchmarks/maps.py: network with BN statistics, map
-    from pcam_jax import faithfulness as fa
+    from pcam_jax.trust import faithfulness as fa
 
     print(common.environment_header(), flush=True)
     model, variables, images = build(args.size, args.batch, args.seed)

@@ -1,4 +1,4 @@
-"""Faithfulness metrics, JAX (`pcam_jax.faithfulness`) against Quantus and pytorch-grad-cam, interleaved.
+"""Faithfulness metrics, JAX (`pcam_jax.trust.faithfulness`) against Quantus and pytorch-grad-cam, interleaved.
 
     bash experiments/benchmarks/torch_twin/setup.sh        # once: /tmp/torch-ref (CPU torch, grad-cam, quantus)
     python experiments/benchmarks/faithfulness_vs_pytorch.py                  # batch 16 at 320 px, 2 rounds
@@ -17,7 +17,7 @@ their first call is their normal cost: nothing to compile). Rounds interleave so
 drift hits both sides alike; the table gives medians over rounds and ratios
 (library seconds / JAX seconds: above 1 means JAX is faster). Pairs measured:
 
-| JAX (`pcam_jax.faithfulness`) | library equivalent |
+| JAX (`pcam_jax.trust.faithfulness`) | library equivalent |
 |---|---|
 | deletion curve, ``--num-steps`` steps, baseline 0 | Quantus PixelFlipping, black, H*W/num_steps pixels a step |
 | ROAD MoRF, 9 fractions 0.1..0.9, noisy linear imputation | Quantus ROAD (10..90%), pytorch-grad-cam ROADMostRelevantFirstAverage |

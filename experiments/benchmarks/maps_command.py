@@ -12,7 +12,7 @@ written at the file's size.
     loop     what `pcam-jax maps` did: per image `Run.predict` then `Run.maps` (two forwards,
              each padded to a chunk of 16, a resize traced per new image size), then the overlay
              (files read by `pcam_jax.data.radiographs`, so DICOMs are read right in both)
-    batched  `pcam_jax.inference.predict_files` (batch 16, reading on threads, one forward per
+    batched  `pcam_jax.run.inference.predict_files` (batch 16, reading on threads, one forward per
              batch) with overlays written on two threads, as `pcam_jax.cli.maps`
 
 Each path runs once to warm up (compilation) on the first files, then ``--rounds`` timed passes
@@ -64,7 +64,7 @@ def loop_path(run, paths, out: pathlib.Path):
     from PIL import Image
 
     from pcam_jax.data.radiographs import read_radiograph_uint8
-    from pcam_jax.overlays import overlay
+    from pcam_jax.maps.overlays import overlay
 
     for path in paths:
         image = read_radiograph_uint8(path)
@@ -78,9 +78,9 @@ def batched_path(run, paths, out: pathlib.Path, batch: int):
     """`pcam_jax.cli.maps`'s body."""
     from PIL import Image
 
-    from pcam_jax import inference
+    from pcam_jax.run import inference
     from pcam_jax.data.radiographs import to_uint8
-    from pcam_jax.overlays import overlay
+    from pcam_jax.maps.overlays import overlay
 
     def write(result):
         Image.fromarray(overlay(to_uint8(result.image), result.saliency)).save(
@@ -109,7 +109,7 @@ def main():
 
     import maps as maps_benchmark  # experiments/benchmarks/maps.py: the network with BatchNorm statistics
 
-    from pcam_jax.analysis import Run
+    from pcam_jax.run.analysis import Run
     from pcam_jax.configs import get_config
 
     config = get_config("mura")  # 320 px, the paper's network

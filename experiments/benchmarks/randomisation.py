@@ -1,4 +1,4 @@
-"""Seconds for the sanity checks (`pcam_jax.sanity`) on the paper's network: MPRT and random logit.
+"""Seconds for the sanity checks (`pcam_jax.trust.sanity`) on the paper's network: MPRT and random logit.
 
     python experiments/benchmarks/randomisation.py                       # 16 images at 320 px, the six original methods
     python experiments/benchmarks/randomisation.py --batch 4 --size 64 --methods cam,grad_cam   # a quick look
@@ -41,7 +41,8 @@ def main():
     import jax.numpy as jnp
 
     from maps import build  # experiments/benchmarks/maps.py
-    from pcam_jax import maps, sanity
+    from pcam_jax import maps
+    from pcam_jax.trust import sanity
     from pcam_jax.models import init_variables
 
     print(common.environment_header(), flush=True)

@@ -4,7 +4,7 @@ Writes one overlay PNG per input image and ``predictions.csv`` (path, p_abnormal
 overlay). Inputs: PNG (8 or 16 bit), TIFF, JPEG or DICOM, read by
 `pcam_jax.data.radiographs` (DICOM through its header: window, rescale, MONOCHROME1), any size,
 RGB or gray. Folders are searched for those suffixes and for suffix-less DICOM files (as PACS
-exports write them). The work is `pcam_jax.inference.predict_files`: batches, one forward each
+exports write them). The work is `pcam_jax.run.inference.predict_files`: batches, one forward each
 for probability and map, reading on threads; a progress bar on stderr. A file that cannot be
 read is reported by name and the rest are still processed; the command then exits 1.
 """
@@ -62,11 +62,11 @@ def main(argv):
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from pcam_jax import inference
-    from pcam_jax.analysis import METHODS, load
+    from pcam_jax.run import inference
+    from pcam_jax.run.analysis import METHODS, load
     from pcam_jax.data.radiographs import to_uint8
     from pcam_jax.evaluation.evaluate import trained_stages
-    from pcam_jax.overlays import overlay
+    from pcam_jax.maps.overlays import overlay
 
     if not flags.WORKDIR.value or not flags.OUT.value:
         raise ValueError("--workdir and --out are required")

@@ -18,8 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
         dtype="float32",
         input_mean=0.5,               # images are in [0, 1]; the encoder standardises them
         input_std=0.25,
-        conv_impl="flipped_dx+s2d",   # | "flipped_dx" | "xla": pcam_jax/conv.py, docs/PERFORMANCE.md
-        pool_impl="strided",          # | "xla": pcam_jax/pooling.py
+        conv_impl="flipped_dx+s2d",   # | "flipped_dx" | "xla": pcam_jax/models/conv.py, docs/PERFORMANCE.md
+        pool_impl="strided",          # | "xla": pcam_jax/models/pooling.py
     ))
 
     # Input pipeline (pcam_jax.data.pipeline).

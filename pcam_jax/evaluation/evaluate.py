@@ -25,7 +25,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from pcam_jax import analysis
+from pcam_jax.run import analysis
 from pcam_jax import maps as maps_lib
 from pcam_jax.data import resolve_data_dir
 from pcam_jax.evaluation import by_body_part, figures, report, shortcuts, trust

@@ -14,7 +14,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from pcam_jax.overlays import DEFAULT_CMAP, blend, image_rgb
+from pcam_jax.maps.overlays import DEFAULT_CMAP, blend, image_rgb
 
 _MASK_RGB = np.array([1.0, 0.15, 0.15])
 
@@ -143,7 +143,7 @@ def confusion_matrix_figure(labels, predictions, class_names: Sequence[str] = ("
 
 def cascade_figure(images, maps, step_names: Sequence[str], *, method: str = "", scores=None,
                    alpha: float = 0.5, cmap: str = DEFAULT_CMAP, panel_size: float = 1.8) -> Figure:
-    """Cascading randomisation of one method (`pcam_jax.sanity.cascading_randomisation`).
+    """Cascading randomisation of one method (`pcam_jax.trust.sanity.cascading_randomisation`).
 
     Rows are images; columns are the image, then the method's map after each step (the trained
     model first, then cumulatively more layers re-initialised from the top), on one 0..1 scale.

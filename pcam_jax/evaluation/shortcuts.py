@@ -14,7 +14,7 @@ Held-out limbs have indices from `first_heldout_index(config.synthetic)` on: pas
 split of `make_split_plan` (rounded up to a multiple of 1,000,000, so the same limbs are
 used for every dataset size below that). Deterministic in (seed, index, generator settings).
 
-Driver (works with `pcam_jax.analysis.Run` and with fakes)::
+Driver (works with `pcam_jax.run.analysis.Run` and with fakes)::
 
     run = pcam_jax.load(workdir, stage=1)
     methods = ("cam", "positive_cam")

@@ -1,13 +1,13 @@
 """Are a trained stage's maps trustworthy? Faithfulness and sanity figures for `pcam-jax evaluate`.
 
-For one trained stage (`pcam_jax.analysis.Run`) and a batch of test images with lesions, per
+For one trained stage (`pcam_jax.run.analysis.Run`) and a batch of test images with lesions, per
 map method of the stage (`pcam_jax.training.stages`), every map made for the abnormal class:
 
-- faithfulness (`pcam_jax.faithfulness`): deletion AUC (pixels removed most relevant first,
+- faithfulness (`pcam_jax.trust.faithfulness`): deletion AUC (pixels removed most relevant first,
   to 0; lower is more faithful), insertion AUC (pixels restored onto a blurred image; higher is
   better), ROAD MoRF and LeRF means and their combination ``(LeRF - MoRF) / 2`` (higher is
   better), average drop (%) and increase (%) in confidence of the image multiplied by the map;
-- sanity (`pcam_jax.sanity`): SSIM and Spearman of each map to the trained model's as the
+- sanity (`pcam_jax.trust.sanity`): SSIM and Spearman of each map to the trained model's as the
   head, then the encoder blocks from the top down, are re-initialised (cascading
   randomisation; a method passes when the fully randomised model's map has mean SSIM < 0.5),
   and the random-logit test (map for the other class against the abnormal-class map).
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pcam_jax.map_trust import faithfulness_figures, sanity_figures
+from pcam_jax.trust.programs import faithfulness_figures, sanity_figures
 
 
 def _settings(config) -> dict:

@@ -1,7 +1,7 @@
 """Class activation maps: CAM, positive CAM, Grad-CAM, Grad-CAM++, LayerCAM and Score-CAM.
 
 (Part of the package `pcam_jax.maps`, which re-exports every name; the other methods are in
-`pcam_jax.maps.more_methods`, all of them together in `pcam_jax.maps.harness`.)
+`pcam_jax.maps.more_cams`, all of them together in `pcam_jax.maps.harness`.)
 
 Pure, batched functions that work under ``jax.jit`` (static shapes), ``jax.vmap`` and on
 inputs sharded over a mesh. Shapes::

@@ -10,7 +10,7 @@ from typing import Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from pcam_jax.maps import more_methods as more
+from pcam_jax.maps import more_cams as more
 from pcam_jax.maps.cams import (ApplyFn, Array, _resolve_targets, _weighted_sum, cam, forward_and_gradients,
                                 grad_cam_from_gradients, grad_cam_pp_from_gradients, layer_cam_from_gradients,
                                 positive_cam, score_cam_weights)
@@ -40,7 +40,7 @@ def maps_and_logits(apply_fn: ApplyFn, weights: Array, images: Array, targets: A
                     methods: Sequence[str] = METHODS, chunk: int = 32,
                     head_fn: Callable[[Array], Array] | None = None) -> tuple[Array, dict[str, Array]]:
     """``(logits (B, C), {method: maps (B, h, w)})`` for every requested method, sharing one forward
-    pass, so a caller gets the prediction and the maps without a second pass (`pcam_jax.inference`).
+    pass, so a caller gets the prediction and the maps without a second pass (`pcam_jax.run.inference`).
 
     CAM, positive CAM, EigenCAM and the gradient methods come from a single forward (plus a
     single VJP when a gradient method is asked for); Score-CAM adds its masked forwards and

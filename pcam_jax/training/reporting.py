@@ -25,7 +25,7 @@ import numpy as np
 
 from pcam_jax import maps
 from pcam_jax.models import head_kernel
-from pcam_jax.overlays import overlay_batch
+from pcam_jax.maps.overlays import overlay_batch
 from pcam_jax.training import stages as stages_lib
 
 

@@ -8,7 +8,7 @@ weights under this twin's parameter names (so both frameworks score the same net
 images (B, H, W) in [0, 1] and the explained maps (B, H, W) in [0, 1]. The twin normalises its
 input as the JAX encoder does ((x - mean) / std, the values stored in the file).
 
-Metrics (what each library calls the measurement that our `pcam_jax.faithfulness` computes):
+Metrics (what each library calls the measurement that our `pcam_jax.trust.faithfulness` computes):
 - quantus_pixel_flipping: Quantus PixelFlipping, black baseline, H*W/num_steps pixels per step
   (= our deletion curve with num_steps steps, less its step 0), AUC per sample divided by the
   curve's number of intervals so that it is on our [0, 1] scale;

@@ -2,7 +2,7 @@
 
 What `pcam-jax maps` runs (and a script may call directly)::
 
-    from pcam_jax import analysis, inference
+    from pcam_jax.run import analysis, inference
     run = analysis.load("work/mura", stage=3)
     for result in inference.predict_files(run, paths, method="decoder", batch_size=16):
         result.path, result.probability, result.saliency   # saliency (H, W) at the file's size

@@ -1,8 +1,8 @@
-"""Faithfulness and sanity figures of one trained run's maps (`pcam_jax.analysis.Run`).
+"""Faithfulness and sanity figures of one trained run's maps (`pcam_jax.run.analysis.Run`).
 
 Used by `Run.faithfulness` / `Run.sanity` (the analysis API) and by `pcam-jax evaluate`
 (`pcam_jax.evaluation.trust`, which averages them into the report). The metrics themselves
-are pure functions in `pcam_jax.faithfulness` and `pcam_jax.sanity`; this module only binds
+are pure functions in `pcam_jax.trust.faithfulness` and `pcam_jax.trust.sanity`; this module only binds
 them to a run's network and variables, one jitted program per figure.
 """
 
@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcam_jax import faithfulness, maps as maps_lib, sanity
+from pcam_jax import maps as maps_lib
+from pcam_jax.trust import faithfulness, sanity
 from pcam_jax.models import ABNORMAL, abnormal_probability, init_variables
 
 

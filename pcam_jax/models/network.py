@@ -26,8 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pcam_jax.conv import conv_function
-from pcam_jax.pooling import pool_function
+from pcam_jax.models.conv import conv_function
+from pcam_jax.models.pooling import pool_function
 
 Array = jax.Array
 
@@ -47,7 +47,7 @@ class NetworkSpec:
     # in stage 2 works in pixel space, where 0 is the black background of a radiograph.
     input_mean: float = 0.5
     input_std: float = 0.25
-    # How convolutions and the max-pool are written for XLA (pcam_jax.conv, pcam_jax.pooling;
+    # How convolutions and the max-pool are written for XLA (pcam_jax.models.conv, pcam_jax.models.pooling;
     # measured in docs/PERFORMANCE.md). Parameters and results are the same for every choice.
     conv_impl: str = "flipped_dx+s2d"
     pool_impl: str = "strided"

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from pcam_jax.study_tables import METRICS, aggregate, label_efficiency_plot, markdown_table
+from pcam_jax.study.tables import METRICS, aggregate, label_efficiency_plot, markdown_table
 from pcam_jax.training import stages as stages_lib
 
 RESULT = "study_run.json"   # in each run's directory, written last: the run is finished
@@ -51,7 +51,7 @@ PRESETS = ("small", "demo", "tiny")
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
+class StudyRun:
     """One run of the grid: a stage trained in its own work directory."""
 
     seed: int
@@ -82,7 +82,7 @@ class Run:
 
 def grid(seeds: Iterable[int], *, shortcuts: Sequence[str] = SHORTCUTS, modes: Sequence[str] = ("keep", "erase"),
          labels: Sequence[int] = (0, 10, 30, 100), stage3_mode: str = "keep",
-         sources: dict[int, int | None] | None = None) -> list[Run]:
+         sources: dict[int, int | None] | None = None) -> list[StudyRun]:
     """The runs, seed by seed, each run after the runs it copies checkpoints from.
 
     ``sources``: {stage: the stage it starts from} (`stage_sources` of the config); default the
@@ -101,12 +101,12 @@ def grid(seeds: Iterable[int], *, shortcuts: Sequence[str] = SHORTCUTS, modes: S
     runs = []
     for seed in seeds:
         for shortcut in shortcuts:
-            made: dict[tuple[int, str], Run] = {}
+            made: dict[tuple[int, str], StudyRun] = {}
 
             def add(stage: int, n: int, mode: str = "") -> None:
                 source = sources.get(stage)   # the group's run of that stage (in this mode, if it has one)
                 copied = () if source is None else (((made.get((source, mode)) or made[(source, "")]).name, source),)
-                run = Run(int(seed), shortcut, stage, n, mode, copied)
+                run = StudyRun(int(seed), shortcut, stage, n, mode, copied)
                 made.setdefault((stage, mode), run)
                 runs.append(run)
 
@@ -183,7 +183,7 @@ def apply_overrides(config, overrides: Iterable[str]):
     return config
 
 
-def run_config(base, run: Run, data_dir, *, vary_data: bool = True):
+def run_config(base, run: StudyRun, data_dir, *, vary_data: bool = True):
     """``base`` for one run: its seed, shortcut setting, mask mode, label count and data dir."""
     config = base.copy_and_resolve_references()
     with config.unlocked():
@@ -204,7 +204,7 @@ def run_config(base, run: Run, data_dir, *, vary_data: bool = True):
 
 # --- one run ---------------------------------------------------------------------------------
 
-def train_and_score(run: Run, config, run_dir: pathlib.Path, *, should_stop=None) -> dict:
+def train_and_score(run: StudyRun, config, run_dir: pathlib.Path, *, should_stop=None) -> dict:
     """Train the run's stage in ``run_dir`` (resuming), then score it on the test split."""
     from pcam_jax.evaluation.evaluate import evaluate_workdir
     from pcam_jax.training import loop, reporting
@@ -250,7 +250,7 @@ def row_label(stage: int, method: str, mode: str) -> str:
     return f"{spec.name}{setting}: {what}"
 
 
-def summarise(run: Run, metrics: dict) -> list[dict]:
+def summarise(run: StudyRun, metrics: dict) -> list[dict]:
     """One row per scored map of the run: its localisation and (for classifiers) classification."""
     spec = stages_lib.get(run.stage)
     classifier = spec.uses("l1")   # stage 4's head is frozen at its random start: not a classifier
@@ -269,7 +269,7 @@ def summarise(run: Run, metrics: dict) -> list[dict]:
 
 # --- the study ---------------------------------------------------------------------------------
 
-def _eta(remaining: Sequence[Run], seconds: dict[str, list[float]]) -> str:
+def _eta(remaining: Sequence[StudyRun], seconds: dict[str, list[float]]) -> str:
     every = [s for values in seconds.values() for s in values]
     if not remaining:
         return "0s"
@@ -279,7 +279,7 @@ def _eta(remaining: Sequence[Run], seconds: dict[str, list[float]]) -> str:
     return f"{total:.0f}s ({total / 60:.1f} min)"
 
 
-def run_study(runs: Sequence[Run], base_config, workdir, *, runner: Callable = train_and_score,
+def run_study(runs: Sequence[StudyRun], base_config, workdir, *, runner: Callable = train_and_score,
               vary_data: bool = True, log: Callable[[str], None] = print,
               should_stop=None, settings: dict | None = None) -> dict:
     """Train and score every run not finished yet, then write study.json, study.md and the plot.

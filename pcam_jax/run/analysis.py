@@ -48,7 +48,7 @@ def read_if_path(images):
 
 def as_model_input(images, image_size: int) -> np.ndarray:
     """Images of any accepted layout and dtype (or a file path) -> float32 (B, S, S, 1) in [0, 1],
-    resized as the training pipeline resizes (bilinear, no antialiasing: `pcam_jax.inference`)."""
+    resized as the training pipeline resizes (bilinear, no antialiasing: `pcam_jax.run.inference`)."""
     x = np.asarray(read_if_path(images))
     is_uint8 = x.dtype == np.uint8
     x = x.astype(np.float32) / 255.0 if is_uint8 else x.astype(np.float32)
@@ -66,7 +66,7 @@ def as_model_input(images, image_size: int) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         raise ValueError("images contain NaN or Inf")
     if x.shape[1:3] != (image_size, image_size):
-        from pcam_jax.inference import to_model_size
+        from pcam_jax.run.inference import to_model_size
 
         x = np.stack([to_model_size(image, image_size) for image in x[..., 0]])[..., None]
     return np.clip(x, 0.0, 1.0)
@@ -150,9 +150,9 @@ class Run:
         "road_lerf", "road_combined" ((LeRF - MoRF) / 2 with noisy linear imputation, ``road_iterations``
         conjugate-gradient iterations; higher), "average_drop", "average_increase" (percent)},
         each (B,). One jitted program per (method set, steps), in chunks of `chunk` images
-        (`pcam_jax.map_trust`, metrics in `pcam_jax.faithfulness`).
+        (`pcam_jax.trust.programs`, metrics in `pcam_jax.trust.faithfulness`).
         """
-        from pcam_jax import map_trust
+        from pcam_jax.trust import programs as map_trust
 
         x = as_model_input(images, self.image_size)
         raw = self.raw_maps(x, (method,))[method]
@@ -168,8 +168,8 @@ class Run:
         """Adebayo et al.'s sanity checks of classifier map ``methods`` on ``images`` (as for `maps`):
         cascading randomisation (head, then encoder blocks top down, re-initialised) and the
         random-logit test. Returns {"steps", "cascade": {method: {"ssim": [per step], "spearman",
-        "passes"}}, "random_logit": {method: {"ssim", "spearman"}}, "maps"} (`pcam_jax.map_trust`)."""
-        from pcam_jax import map_trust
+        "passes"}}, "random_logit": {method: {"ssim", "spearman"}}, "maps"} (`pcam_jax.trust.programs`)."""
+        from pcam_jax.trust import programs as map_trust
 
         unknown = [m for m in methods if m not in maps_lib.METHODS]
         if unknown:

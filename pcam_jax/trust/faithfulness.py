@@ -20,7 +20,7 @@ Definitions:
   ``num_steps + 1`` points from 0 to all pixels, its AUC is the trapezoid rule over [0, 1].
   Faithful maps give a low deletion AUC and a high insertion AUC.
 - ROAD (Rong et al., ICML 2022): remove the given fractions of the most (MoRF) or least
-  (LeRF) relevant pixels, fill them by noisy linear imputation (`pcam_jax.imputation`),
+  (LeRF) relevant pixels, fill them by noisy linear imputation (`pcam_jax.trust.imputation`),
   read the probability. pytorch-grad-cam's ``percentile=q`` removes ``1 - q/100``.
 - Average drop / increase in confidence (Chattopadhyay et al., WACV 2018): the image
   multiplied by the map; drop ``max(0, p - p_masked) / p``, increase ``p_masked > p``.
@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcam_jax.imputation import noisy_linear_imputation
+from pcam_jax.trust.imputation import noisy_linear_imputation
 
 Array = jax.Array
 ProbFn = Callable[[Array], Array]

@@ -43,7 +43,7 @@ def mean_interval(values: Iterable[float | None], confidence: float = 0.95) -> d
 
 def aggregate(results: Iterable[dict], runs: Sequence) -> dict:
     """{shortcut: [{"row", "labels", "curve", "seeds", metric: mean_interval, ...}]} over seeds, in
-    grid order. ``results``: {"name", "rows"} per finished run; ``runs``: the grid's `pcam_jax.study.Run`s.
+    grid order. ``results``: {"name", "rows"} per finished run; ``runs``: the grid's `pcam_jax.study.StudyRun`s.
 
     A labelled stage with a source (stage 3) gets a 0-label row: the run it starts from, whose map
     (stage 2's attention) joins the stage's decoder curve at 0 labels."""
