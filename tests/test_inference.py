@@ -5,7 +5,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from pcam_jax import maps as maps_lib
+from pcam_jax import geometry, maps as maps_lib
 from pcam_jax.run import inference
 from pcam_jax.run.analysis import Run
 from pcam_jax.configs import get_config
@@ -25,30 +25,10 @@ def run():
     return Run(config=config, variables=variables, stage=3, step=0)
 
 
-@pytest.mark.parametrize("mode", ["stretch", "pad"])
-@pytest.mark.parametrize("shape", [(45, 70), (32, 32), (100, 13), (20, 24)])
-def test_model_input_is_resized_as_the_training_pipeline_does(mode, shape):
-    from pcam_jax.data import pipeline
-
-    image = np.random.default_rng(0).random(shape, dtype=np.float32)
-    expected = pipeline.resize(image[..., None], 32, mode).numpy()[..., 0]
-    np.testing.assert_allclose(inference.to_model_size(image, 32, mode), expected, atol=1e-5)  # float32 rounding
-
-
-@pytest.mark.parametrize("shape", [(250, 204, 32, 32), (5, 4, 250, 204), (7, 5, 3, 11), (1, 1, 4, 4), (9, 9, 9, 9)])
-def test_two_tap_resize_equals_the_interpolation_matrix_product(shape):
-    h, w, height, width = shape
-    image = np.random.default_rng(h * w).random((h, w)).astype(np.float32)
-    rows = maps_lib.interpolation_matrix(h, height, align_corners=False)
-    cols = maps_lib.interpolation_matrix(w, width, align_corners=False)
-    np.testing.assert_allclose(inference.resize_bilinear(image, height, width), rows @ image @ cols.T,
-                               rtol=1e-6, atol=1e-6)
-
-
 def test_map_to_image_equals_postprocess():
     raw = np.random.default_rng(1).normal(size=(8, 8)).astype(np.float32)
     expected = np.asarray(maps_lib.postprocess(raw[None], 50, 37))[0]
-    np.testing.assert_allclose(inference.map_to_image(raw, 50, 37, size=32), expected, atol=1e-5)
+    np.testing.assert_allclose(inference.map_to_image(raw, 50, 37, size=32, mode="stretch"), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["positive_cam", "grad_cam", "decoder"])
@@ -83,7 +63,7 @@ def test_dicom_and_16_bit_png_give_their_8_bit_twins_probability(run, tmp_path):
     np.testing.assert_allclose(results[2].image, eight / 255.0, atol=1e-3)
     assert all(r.saliency.shape == (41, 57) for r in results)
     # The 8-bit PNG's probability is the eval forward of the image resized as in training.
-    x = inference.to_model_size(eight / np.float32(255), 32)[None, ..., None]
+    x = geometry.to_model_size(eight / np.float32(255), 32, "stretch")[None, ..., None]
     np.testing.assert_allclose(probs[0], abnormal_probability(run.model, run.variables, x)[0][0], atol=1e-6)
 
 

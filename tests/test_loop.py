@@ -160,19 +160,19 @@ def test_restoring_with_a_changed_model_config_names_the_fields(finished_run):
 
 
 def test_config_differences_ignores_what_may_change():
-    saved = checkpointing.config_to_json_dict(tiny_config())
+    saved = configs.to_json_dict(tiny_config())
     now = tiny_config()
     now.stage1.num_epochs = 5                 # extending a stage
     now.data.data_dir = "/elsewhere"          # moved data
     now.train.keep_checkpoints = 7
     now.stage2.omega = 3.0                    # not part of stage 1
     now.model.conv_impl, now.model.pool_impl = "xla", "xla"   # same math, other XLA formulation
-    assert checkpointing.config_differences(saved, checkpointing.config_to_json_dict(now), 1) == []
-    assert checkpointing.config_differences(saved, checkpointing.config_to_json_dict(now), 2) == [
+    assert checkpointing.config_differences(saved, configs.to_json_dict(now), 1) == []
+    assert checkpointing.config_differences(saved, configs.to_json_dict(now), 2) == [
         "stage2.omega: checkpoint 10.0, now 3.0"]
     now.optimizer.learning_rate = 0.5
     assert "optimizer.learning_rate: checkpoint 0.001, now 0.5" in checkpointing.config_differences(
-        saved, checkpointing.config_to_json_dict(now), 1)
+        saved, configs.to_json_dict(now), 1)
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -14,6 +14,7 @@ from hypothesis import given, settings, strategies as st
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from pcam_jax import maps
+from pcam_jax.maps import pixel_attribution as pa
 from pcam_jax.configs import get_config
 from pcam_jax.models import classifier_apply_fn, create_model
 
@@ -415,8 +416,9 @@ def test_all_maps_equals_the_individual_functions():
     images = random_images(3, 4, model)
     fn = jax.jit(maps.all_maps, static_argnames=("apply_fn", "methods", "chunk"))
     for targets in (np.array([1, 0, 1, 0]), None):
-        out = fn(model.apply_fn, model.kernel, images, targets, chunk=4)
-        assert set(out) == set(maps.METHODS)
+        out = fn(model.apply_fn, model.kernel, images, targets, methods=maps.CLASSIFIER_METHODS, chunk=4)
+        assert set(out) == set(maps.CLASSIFIER_METHODS)
+        assert set(fn(model.apply_fn, model.kernel, images, targets, chunk=4)) == set(maps.CAM_METHODS)  # the default
         chosen = np.argmax(model.logits_np(images), -1) if targets is None else targets
         individual = jax.jit(lambda x, t, chosen: {
             "cam": maps.cam(model.apply_fn(x)[1], model.kernel, chosen),
@@ -429,6 +431,11 @@ def test_all_maps_equals_the_individual_functions():
             "xgrad_cam": maps.xgrad_cam(model.apply_fn, x, t),
             "ablation_cam": maps.ablation_cam(model.apply_fn, x, t, chunk=4),
             "eigen_cam": maps.eigen_cam(model.apply_fn, x, t),
+            "integrated_gradients": pa.saliency_map(pa.integrated_gradients(
+                pa.target_logit(lambda y: model.apply_fn(y)[0], chosen), x, 0.0, maps.registry.PIXEL_STEPS, 4)),
+            "smoothgrad": pa.saliency_map(pa.smooth_grad(
+                pa.target_logit(lambda y: model.apply_fn(y)[0], chosen), x, jax.random.key(0),
+                maps.registry.PIXEL_STEPS, chunk=4)),
         })(images, targets, chosen)
         for name, want in individual.items():
             np.testing.assert_allclose(out[name], want, rtol=1e-5, atol=1e-6, err_msg=name)
@@ -464,6 +471,6 @@ def test_sharded_batch_gives_the_unsharded_result(axis_type):
     batch = NamedSharding(mesh, P("data"))
     with jax.set_mesh(mesh):
         sharded = fn(jax.device_put(images, batch), jax.device_put(targets, batch))
-    for name in maps.METHODS:
+    for name in maps.CAM_METHODS:
         assert sharded[name].sharding.spec[0] == "data", name
         np.testing.assert_allclose(sharded[name], plain[name], rtol=1e-5, atol=1e-6, err_msg=name)

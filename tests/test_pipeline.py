@@ -10,7 +10,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from pcam_jax import configs  # noqa: E402
+from pcam_jax import configs, geometry  # noqa: E402
 from pcam_jax.data import DEVICE_KEYS, pipeline  # noqa: E402
 
 S = 32  # tiny config image size
@@ -248,12 +248,12 @@ def test_train_processes_read_disjoint_shards():
 
 def test_pad_resize_keeps_the_aspect_ratio():
     wide = np.ones((20, 40, 1), np.float32)  # -> 16 x 32, 8 rows of padding above and below
-    out = pipeline.resize(tf.constant(wide), S, "pad").numpy()[..., 0]
+    out = geometry.tf_resize(tf.constant(wide), S, "pad").numpy()[..., 0]
     want = np.zeros((S, S))
     want[8:24] = 1
     np.testing.assert_allclose(out, want, atol=1e-6)
     tall = np.ones((40, 30, 1), np.float32)  # -> 32 x 24, 4 columns left and right
-    out = pipeline.resize(tf.constant(tall), S, "pad").numpy()[..., 0]
+    out = geometry.tf_resize(tf.constant(tall), S, "pad").numpy()[..., 0]
     want = np.zeros((S, S))
     want[:, 4:28] = 1
     np.testing.assert_allclose(out, want, atol=1e-6)
@@ -263,7 +263,7 @@ def test_pad_resize_keeps_the_aspect_ratio():
     assert not batch["image"][0, :8].any() and not batch["image"][0, 24:].any()
     np.testing.assert_array_equal(batch["mask"][0], batch["image"][0, ..., 0] >= 0.5)
     with pytest.raises(ValueError, match="stretch"):
-        pipeline.resize(tf.constant(wide), S, "crop")
+        geometry.tf_resize(tf.constant(wide), S, "crop")
 
 
 def test_labelled_stream_cycles_only_labelled_images():

@@ -62,21 +62,17 @@ def main(argv):
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from pcam_jax.run import inference
-    from pcam_jax.run.analysis import METHODS, load
     from pcam_jax.data.radiographs import to_uint8
-    from pcam_jax.evaluation.evaluate import trained_stages
+    from pcam_jax.maps import registry
     from pcam_jax.maps.overlays import overlay
+    from pcam_jax.run import inference
+    from pcam_jax.run.analysis import load
+    from pcam_jax.training.checkpointing import trained_stages
 
     if not flags.WORKDIR.value or not flags.OUT.value:
         raise ValueError("--workdir and --out are required")
     method = flags.METHOD.value
-    if method not in METHODS:
-        import difflib
-
-        close = difflib.get_close_matches(method, METHODS, n=1)
-        raise ValueError(f"unknown --method {method!r}; " + (f"did you mean {close[0]}? " if close else "")
-                         + f"choose from {', '.join(METHODS)}")
+    registry.get(method)  # an unknown --method is answered with the closest name and the list
     paths = image_paths(argv[1:])
     if not paths:
         raise ValueError("give one or more images (PNG, TIFF, JPEG, DICOM) or folders after the flags")

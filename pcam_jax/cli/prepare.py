@@ -107,7 +107,7 @@ def main(argv) -> None:
     print(prepare.summary(builder), flush=True)
     build_cache = flags.UINT8_CACHE.value
     if build_cache is None:
-        build_cache = config.data.get("augment_on", "host") == "device"
+        build_cache = config.data.augment_on == "device"
     if build_cache:
         cache = prepare_uint8_cache(dataset_config(config, dataset, data_dir), data_dir)
         print(prepare.uint8_summary(cache), flush=True)

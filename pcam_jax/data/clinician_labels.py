@@ -42,7 +42,7 @@ def parse_sources(value) -> tuple[str, ...]:
 
 
 def _policy(config, section: str) -> str:
-    policy = str(config[section].get("unmatched_labels", "error"))
+    policy = str(config[section].unmatched_labels)
     if policy not in UNMATCHED_POLICIES:
         raise ValueError(f"config.{section}.unmatched_labels must be one of {UNMATCHED_POLICIES}, "
                          f"got {policy!r}")
@@ -52,8 +52,8 @@ def _policy(config, section: str) -> str:
 def check_config(config, needs_labelled: bool = False) -> None:
     """Fails before any training: stage-3 labels missing where the dataset has none, a bad
     policy, or an image labelled in both sets (it would be scored on what it trained on)."""
-    train_sources = parse_sources(config.stage3.get("lesion_labels", ""))
-    eval_sources = parse_sources(config.eval.get("lesion_labels", ""))
+    train_sources = parse_sources(config.stage3.lesion_labels)
+    eval_sources = parse_sources(config.eval.lesion_labels)
     _policy(config, "stage3"), _policy(config, "eval")
     if needs_labelled and not train_sources and config.data.dataset in NEEDS_LABELS:
         raise ValueError(
@@ -113,7 +113,7 @@ def match(sources, sizes_by_split: dict[str, dict], *, use: tuple[str, ...], fie
 def training_records(config, train_records, model_selection_records):
     """Train records with the masks of ``config.stage3.lesion_labels`` attached (lesion_labelled
     True on those images); the records unchanged when no labels are configured."""
-    sources = parse_sources(config.stage3.get("lesion_labels", ""))
+    sources = parse_sources(config.stage3.lesion_labels)
     if not sources:
         return train_records
     from pcam_jax.data import pipeline
@@ -151,7 +151,7 @@ def evaluation_records(config, records, split: str):
     with their masks, for choosing thresholds; None when none are held out. Without configured
     labels: ``(records, None)`` unchanged.
     """
-    sources = parse_sources(config.eval.get("lesion_labels", ""))
+    sources = parse_sources(config.eval.lesion_labels)
     if not sources:
         return records, None
     from pcam_jax.data import pipeline

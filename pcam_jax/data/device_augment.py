@@ -20,6 +20,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from pcam_jax import geometry
+
 AUGMENT_ON = ("host", "device")
 TRAIN_STREAM, LABELLED_STREAM = 1, 2
 
@@ -55,26 +57,9 @@ def flip_rotate(images: jax.Array, angles: jax.Array, flips: jax.Array) -> jax.A
         sign = jnp.where(flipped, -1.0, 1.0)
         x_in = sign * (cos * xs - sin * ys) + cx
         y_in = sin * xs + cos * ys + cy
-        return _bilinear(image, y_in, x_in)
+        return geometry.sample_bilinear(image, y_in, x_in)
 
     return jax.vmap(one)(images, angles, flips)
-
-
-def _bilinear(image: jax.Array, y: jax.Array, x: jax.Array) -> jax.Array:
-    """image (H, W, C) sampled at float coordinates (H', W'); outside the image counts as 0."""
-    height, width, _ = image.shape
-    y0, x0 = jnp.floor(y), jnp.floor(x)
-    wy, wx = (y - y0)[..., None], (x - x0)[..., None]
-    y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
-
-    def tap(yy, xx):
-        inside = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
-        value = image[jnp.clip(yy, 0, height - 1), jnp.clip(xx, 0, width - 1)]
-        return jnp.where(inside[..., None], value, 0.0)
-
-    top = (1 - wx) * tap(y0, x0) + wx * tap(y0, x0 + 1)
-    bottom = (1 - wx) * tap(y0 + 1, x0) + wx * tap(y0 + 1, x0 + 1)
-    return (1 - wy) * top + wy * bottom
 
 
 def to_unit_range(images: jax.Array) -> jax.Array:
@@ -105,7 +90,7 @@ def augment_batch(batch: dict, key: jax.Array, first_position: jax.Array, *, deg
 def make_train_augment(config, stage_number: int) -> Callable | None:
     """``augment(step, batch, labelled_batch) -> (batch, labelled_batch)`` for the train step, or
     None when ``config.data.augment_on`` is "host" (the host pipeline augmented already)."""
-    augment_on = str(config.data.get("augment_on", "host"))
+    augment_on = str(config.data.augment_on)
     check_augment_on(augment_on)
     if augment_on == "host":
         return None

@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from pcam_jax import runtime
+from pcam_jax import geometry, runtime
 from pcam_jax.data import resolve_data_dir
 
 tf = runtime.tensorflow()  # tf.data only needs the CPU; every accelerator is left to JAX
@@ -69,26 +69,6 @@ def flip_rotate(images, angles, flips, interpolation: str = "BILINEAR"):
         fill_value=tf.constant(0.0), interpolation=interpolation, fill_mode="CONSTANT")
 
 
-def resize(image, size: int, mode: str):
-    """float32 (H, W, C) -> (size, size, C), bilinear.
-
-    "stretch": plain resize to the square (the MURA baseline). "pad": scale so the longer
-    side is `size`, keeping the aspect ratio, and pad with zeros centred (extra row/column
-    of padding at the bottom/right).
-    """
-    if mode == "stretch":
-        return tf.image.resize(image, (size, size), method="bilinear")
-    if mode != "pad":
-        raise ValueError(f"config.data.resize must be 'stretch' or 'pad', got {mode!r}.")
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    new = tf.cast(tf.round(shape * (size / tf.reduce_max(shape))), tf.int32)
-    new = tf.clip_by_value(new, 1, size)
-    resized = tf.image.resize(image, new, method="bilinear")
-    before = (size - new) // 2
-    after = size - new - before
-    return tf.pad(resized, [[before[0], after[0]], [before[1], after[1]], [0, 0]])
-
-
 # ----------------------------------------------------------------------------- decoding
 
 def _pixels(value, path, field: str):
@@ -127,12 +107,12 @@ def _decode(record, config, binary_mask: bool = True) -> dict:
         check = tf.debugging.Assert(same, [
             "lesion_mask and image differ in size for", path, tf.shape(mask), tf.shape(image)])
         with tf.control_dependencies([check]):
-            return resize(tf.cast(mask > 0, tf.float32), size, mode)[..., 0]
+            return geometry.tf_resize(tf.cast(mask > 0, tf.float32), size, mode)[..., 0]
 
     # Placeholder masks (MURA) are neither decoded nor resized: zeros instead.
     mask = (tf.cond(has_mask, resized_mask, lambda: tf.zeros((size, size)))
             if "lesion_mask" in record else tf.zeros((size, size)))
-    image = tf.ensure_shape(resize(tf.cast(image, tf.float32) / 255.0, size, mode), (size, size, 1))
+    image = tf.ensure_shape(geometry.tf_resize(tf.cast(image, tf.float32) / 255.0, size, mode), (size, size, 1))
     mask = tf.ensure_shape(mask, (size, size))
     example = {
         "image": image,

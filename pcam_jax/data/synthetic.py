@@ -394,7 +394,7 @@ def generate_for_config(synthetic_config, index: int, label: int, *, marker_prob
         marker_prob = c.marker_prob_abnormal if abnormal else c.marker_prob_normal
     if hardware_prob is None:
         hardware_prob = c.hardware_prob_abnormal if abnormal else c.hardware_prob_normal
-    size, contrast = lesion_level_multipliers(c.get("lesion_level", "subtle"))
+    size, contrast = lesion_level_multipliers(c.lesion_level)
     return generate(
         index, abnormal=abnormal, seed=int(c.seed), image_size=int(c.image_size),
         marker_prob=float(marker_prob), hardware_prob=float(hardware_prob),

@@ -37,20 +37,18 @@ SETTINGS_FIELDS = (
     "marker_prob_abnormal", "marker_prob_normal", "hardware_prob_abnormal", "hardware_prob_normal",
     "num_labelled", "num_heldout_labelled", "seed", "lesion_level")
 
-
-# Fields added after runs were made: the value that reproduces those runs' pictures (a config
-# stored in an older checkpoint lacks them, and must still rebuild its data for `evaluate`).
-SETTINGS_DEFAULTS = {"lesion_level": "subtle"}
+# (A config stored in an older checkpoint that lacks a field is completed by
+# `pcam_jax.configs.complete` before it gets here: with the value that rebuilds its data.)
 
 
 def settings_of(synthetic_config) -> dict:
     """The builder-relevant settings as a plain JSON-able dict (clear error on a missing field)."""
-    missing = [f for f in SETTINGS_FIELDS if f not in synthetic_config and f not in SETTINGS_DEFAULTS]
+    missing = [f for f in SETTINGS_FIELDS if f not in synthetic_config]
     if missing:
         raise ValueError(f"config.synthetic lacks {missing}; see pcam_jax/configs/base.py for the fields")
     settings = {}
     for field in SETTINGS_FIELDS:
-        value = synthetic_config[field] if field in synthetic_config else SETTINGS_DEFAULTS[field]
+        value = synthetic_config[field]
         settings[field] = (value if isinstance(value, str) else
                            float(value) if isinstance(value, float) else int(value))
     return settings

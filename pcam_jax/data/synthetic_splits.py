@@ -38,7 +38,7 @@ def check_config(c) -> None:
             raise ValueError(f"config.synthetic.{field} must be a probability in [0, 1], got {c[field]}")
     if int(c.image_size) < 16:
         raise ValueError(f"config.synthetic.image_size must be >= 16, got {c.image_size}")
-    lesion_level_multipliers(c.get("lesion_level", "subtle"))
+    lesion_level_multipliers(c.lesion_level)
 
 
 def make_split_plan(synthetic_config) -> dict[str, list[PlannedImage]]:

@@ -76,10 +76,10 @@ def lesion_labels_fingerprint(config) -> str:
     ``""`` without labels."""
     from pcam_jax.data import clinician_labels
 
-    sources = clinician_labels.parse_sources(config.stage3.get("lesion_labels", ""))
+    sources = clinician_labels.parse_sources(config.stage3.lesion_labels)
     if not sources:
         return ""
-    digest = hashlib.sha256(str(config.stage3.get("unmatched_labels", "error")).encode())
+    digest = hashlib.sha256(str(config.stage3.unmatched_labels).encode())
     for source in sources:
         root = pathlib.Path(source).expanduser()
         digest.update(b"\0source\0" + source.encode())

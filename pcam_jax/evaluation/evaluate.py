@@ -32,11 +32,21 @@ from pcam_jax.evaluation import by_body_part, figures, report, shortcuts, trust
 from pcam_jax.metrics import classification, localisation
 from pcam_jax.training import checkpointing, stages as stages_lib
 
-# Figure 2 of the paper, done properly: image, mask, then these maps.
-FIGURE2_COLUMNS = {
-    "stage1/cam": "CAM", "stage1/positive_cam": "positive CAM", "stage1/grad_cam": "Grad-CAM",
-    "stage2/positive_cam": "stage 2", "stage3/decoder": "stage 3", "stage4/decoder": "few-label segmenter",
-}
+
+
+def figure2_columns(stage_methods: dict[int, tuple[str, ...]]) -> dict[str, str]:
+    """{"stageN/method": column title} of Figure 2 (the paper's, done properly: image, mask, then
+    maps): each stage's own map under its `Stage.figure_title`, or, for stage 1, every Figure-2
+    map of the registry under its own title."""
+    columns = {}
+    for stage, methods in stage_methods.items():
+        title = stages_lib.get(stage).figure_title
+        if title is None:
+            columns.update({f"stage{stage}/{m}": maps_lib.registry.title(m) for m in methods
+                            if maps_lib.registry.get(m).in_figure2})
+        elif methods:
+            columns[f"stage{stage}/{methods[0]}"] = title
+    return columns
 TEST_SPLIT = {"synthetic": "test", "mura": "valid"}
 SHORTCUT_NOTE = ("Counterfactual renders of `eval.shortcut_limbs` held-out synthetic limbs, each drawn with and "
                  "without lesions and with the side marker and the hardware forced on and off "
@@ -52,16 +62,6 @@ TRUST_NOTE = ("Faithfulness on the first `eval.trust_images` test images with a 
               "(Adebayo et al.): mean SSIM of the map to the trained model's once the head and every "
               "encoder block are re-initialised (pass: < 0.5), and of the other class's map to this one's.")
 THRESHOLD_SPLIT = {"synthetic": "heldout_labelled"}
-
-
-def trained_stages(workdir) -> list[int]:
-    """Stages with at least one checkpoint in `workdir`."""
-    found = []
-    for stage in stages_lib.NUMBERS:
-        directory = checkpointing.stage_directory(workdir, stage)
-        if directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir()):
-            found.append(stage)
-    return found
 
 
 def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *,
@@ -128,7 +128,7 @@ def _labelled_splits(runs, config, split: str, data_dir, figure_rows: int, metho
     from pcam_jax.data import clinician_labels, pipeline
 
     clinician_labels.check_config(config)  # the two label sets share no image
-    if clinician_labels.parse_sources(config.eval.get("lesion_labels", "")):
+    if clinician_labels.parse_sources(config.eval.lesion_labels):
         scored, held = clinician_labels.evaluation_records(
             config, pipeline.load_records(config, split, data_dir), split)
         test = _collect(runs, config, split, data_dir, figure_rows=figure_rows, records=scored, methods=methods)
@@ -173,7 +173,9 @@ def _shortcuts(runs, config, stage_methods: dict) -> dict[str, dict]:
     tolerance = localisation.pointing_tolerance(int(config.data.image_size), config.eval.pointing_tolerance)
     out = {}
     for stage, run in runs.items():
-        methods = tuple(m for m in shortcuts.ARGMAX_METHODS if m in stage_methods[stage])
+        # Cheap maps only (Figure 2's: one forward, at most one VJP): Score-CAM and AblationCAM on
+        # 8 x shortcut_limbs renders would cost more than the rest of the evaluation.
+        methods = tuple(m for m in maps_lib.FIGURE2_METHODS if m in stage_methods[stage])
         maps_fn = lambda x, run=run, methods=methods: {m: run.maps(x, method=m) for m in methods}
         out[f"stage{stage}"] = shortcuts.shortcut_report(run.predict, maps_fn, config.synthetic,
                                                          tolerance=tolerance, rendered=rendered)
@@ -206,7 +208,7 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
     ``map_methods`` (e.g. stage 1's CAM and positive CAM without Score-CAM: `pcam_jax.study`)."""
     workdir = pathlib.Path(workdir)
     out_dir = pathlib.Path(out_dir) if out_dir else workdir / "eval"
-    trained = trained_stages(workdir)
+    trained = checkpointing.trained_stages(workdir)
     stages = trained if stages is None else [s for s in stages_lib.parse(stages) if s in trained]
     if not stages:
         raise FileNotFoundError(f"no checkpoints under {workdir / 'checkpoints'}: train first "
@@ -227,7 +229,7 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
                 f"{stages[-1]} at {config.data.image_size}: evaluate them from separate work directories")
 
     n_figure = int(config.eval.num_figure_images)
-    n_trust = int(config.eval.get("trust_images", 0))
+    n_trust = int(config.eval.trust_images)
     methods = {s: tuple((methods or {}).get(s, stages_lib.get(s).map_methods)) for s in stages}
     test, held, threshold_split = _labelled_splits(runs, config, split, data_dir, max(n_figure, n_trust), methods)
     metrics: dict[str, Any] = {
@@ -262,7 +264,7 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
 
         rows = np.arange(min(len(test["images"]), n_figure))
         if len(rows):
-            columns = {title: test["maps"][name][rows] for name, title in FIGURE2_COLUMNS.items()
+            columns = {title: test["maps"][name][rows] for name, title in figure2_columns(methods).items()
                        if name in test["maps"]}
             fig = figures.figure2(test["images"][rows], test["masks"][rows], columns)
             fig.savefig(out_dir / "figure2.png", dpi=110, bbox_inches="tight")
@@ -273,7 +275,7 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
         metrics["localisation"] = {}
         metrics["localisation_note"] = f"no test image of split {split!r} has a lesion mask"
 
-    if dataset == "synthetic" and int(config.eval.get("shortcut_limbs", 0)) > 0:
+    if dataset == "synthetic" and int(config.eval.shortcut_limbs) > 0:
         metrics["shortcuts"] = _shortcuts(runs, config, methods)
     out_dir.mkdir(parents=True, exist_ok=True)
     last = stages[-1]

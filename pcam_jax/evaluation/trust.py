@@ -28,9 +28,8 @@ from pcam_jax.trust.programs import faithfulness_figures, sanity_figures
 
 def _settings(config) -> dict:
     e = config.eval
-    return dict(images=int(e.get("trust_images", 16)), sanity_images=int(e.get("sanity_images", 4)),
-                steps=int(e.get("deletion_steps", 20)), road_iterations=int(e.get("road_iterations", 100)),
-                seed=int(config.seed))
+    return dict(images=int(e.trust_images), sanity_images=int(e.sanity_images), steps=int(e.deletion_steps),
+                road_iterations=int(e.road_iterations), seed=int(config.seed))
 
 
 def trust_report(runs: dict[int, Any], test: dict, stage_methods: dict[int, tuple[str, ...]], config) -> dict:

@@ -29,18 +29,18 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from pcam_jax import geometry
 
 Array = jax.Array
 ApplyFn = Callable[..., tuple[Array, Array]]
 
 ABNORMAL = 1  # the class whose map shows the lesion
-DECODER = "decoder"  # stage 3's FCN lesion map: a map name beside METHODS, made by the model itself
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 # ---------------------------------------------------------------------------------------------
-# Helpers: one-hot class selection, resizing, normalisation.
+# Helpers: one-hot class selection, resizing (`pcam_jax.geometry`), normalisation.
 
 
 def _one_hot(targets: Array, num_classes: int, dtype=jnp.float32) -> Array:
@@ -54,36 +54,6 @@ def _resolve_targets(targets: Array | None, logits: Array) -> Array:
     return jnp.asarray(targets)
 
 
-def interpolation_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
-    """(n_out, n_in) linear-interpolation weights along one axis (built at trace time).
-
-    ``align_corners=False``: half-pixel centres clamped at the edges, as OpenCV's INTER_LINEAR
-    (pytorch-grad-cam's final resize) and ``jax.image.resize`` when upsampling.
-    ``align_corners=True``: corner pixels aligned, as ``torch.nn.UpsamplingBilinear2d``
-    (pytorch-grad-cam's Score-CAM masks).
-    """
-    if align_corners:
-        x = np.arange(n_out) * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(1)
-    else:
-        x = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    x = np.clip(x, 0.0, n_in - 1)
-    lo = np.floor(x).astype(np.int64)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = x - lo
-    m = np.zeros((n_out, n_in), np.float64)
-    np.add.at(m, (np.arange(n_out), lo), 1.0 - frac)
-    np.add.at(m, (np.arange(n_out), hi), frac)
-    return m.astype(np.float32)
-
-
-def _resize_spatial(x: Array, height: int, width: int, align_corners: bool = False) -> Array:
-    """Bilinear resize of axes 1 and 2 of a (B, h, w, ...) array to (B, height, width, ...)."""
-    rows = jnp.asarray(interpolation_matrix(x.shape[1], height, align_corners), x.dtype)
-    cols = jnp.asarray(interpolation_matrix(x.shape[2], width, align_corners), x.dtype)
-    # Two small matmuls (separable interpolation): cheap, exact, and shard-friendly on B.
-    return jnp.einsum("Hh,bhw...,Ww->bHW...", rows, x, cols, precision=_HIGHEST)
-
-
 def upsample(maps: Array, height: int, width: int, align_corners: bool = False) -> Array:
     """Bilinear resize of maps (B, h, w) to (B, height, width).
 
@@ -92,7 +62,7 @@ def upsample(maps: Array, height: int, width: int, align_corners: bool = False) 
     upsampling, without its antialiasing when downsampling). ``align_corners=True`` matches
     ``torch.nn.UpsamplingBilinear2d``.
     """
-    return _resize_spatial(maps, height, width, align_corners)
+    return geometry.resize_spatial(maps, height, width, align_corners)
 
 
 def normalize(maps: Array, eps: float = 1e-7) -> Array:
@@ -290,7 +260,7 @@ def score_cam_weights(apply_fn: ApplyFn, images: Array, features: Array, targets
     chunks = jnp.moveaxis(padded.reshape(*padded.shape[:3], num_chunks, chunk), 3, 0)
 
     def chunk_scores(feature_chunk):
-        masks = _resize_spatial(feature_chunk, height, width, align_corners=True)  # (B, H, W, c)
+        masks = geometry.resize_spatial(feature_chunk, height, width, align_corners=True)  # (B, H, W, c)
         lo = jnp.min(masks, axis=(1, 2), keepdims=True)
         hi = jnp.max(masks, axis=(1, 2), keepdims=True)
         masks = (masks - lo) / (hi - lo + 1e-8)

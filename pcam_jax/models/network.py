@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pcam_jax import geometry
 from pcam_jax.models.conv import conv_function
 from pcam_jax.models.pooling import pool_function
 
@@ -133,11 +134,6 @@ class Head(nn.Module):
         return nn.Dense(self.num_classes, dtype=jnp.float32, name="dense")(pooled)
 
 
-def resize_bilinear(x: Array, height: int, width: int) -> Array:
-    """Bilinear resize of a (B, h, w, C) batch to (B, height, width, C)."""
-    return jax.image.resize(x, (x.shape[0], height, width, x.shape[-1]), method="bilinear")
-
-
 class Decoder(nn.Module):
     """FCN decoder: upsamples the encoder's map with skips from earlier stages to a [0, 1] lesion map.
 
@@ -158,12 +154,12 @@ class Decoder(nn.Module):
             if i < len(skips):
                 skip = skips[i]
                 if skip.shape[1:3] != x.shape[1:3]:
-                    x = resize_bilinear(x, skip.shape[1], skip.shape[2])
+                    x = geometry.upsample_decoder(x, skip.shape[1], skip.shape[2])
                 x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
             for k in range(2):
                 x = nn.relu(nn.Conv(width, (3, 3), padding="SAME", dtype=dtype, name=f"level{i + 1}_conv{k + 1}")(x))
         logits = nn.Conv(1, (1, 1), dtype=jnp.float32, name="out")(x)
-        logits = resize_bilinear(logits.astype(jnp.float32), *out_hw)
+        logits = geometry.upsample_decoder(logits.astype(jnp.float32), *out_hw)
         return jax.nn.sigmoid(logits[..., 0])
 
 

@@ -11,10 +11,12 @@ Everything comes from the checkpoint in the work directory: the config (so the r
 is rebuilt), the parameters and the BatchNorm statistics. Images may be numpy or JAX arrays of
 any batch size: (H, W), (B, H, W) or (B, H, W, C) with C in {1, 3}, uint8 in [0, 255] or float
 in [0, 1], or one file path (PNG, 16-bit PNG, TIFF, DICOM: read by `pcam_jax.data.radiographs`).
-They are resized (bilinear stretch, as the training pipeline) to the training image size, run through
+They are brought to the training image size as the training pipeline brought its images, with
+the run's own ``config.data.resize`` (``stretch`` or ``pad``: `pcam_jax.geometry`), run through
 jitted functions in fixed-size chunks (so a new batch size never recompiles), and maps are
-resized back to the input size. Map post-processing follows pytorch-grad-cam: ReLU, per-image
-min-max to [0, 1], bilinear resize.
+brought back onto the input images (a ``pad`` run's map is cut to the letterbox's content
+first). Map post-processing follows pytorch-grad-cam: ReLU, per-image min-max to [0, 1],
+bilinear resize. The methods are those of `pcam_jax.maps.registry`.
 """
 
 from __future__ import annotations
@@ -27,12 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcam_jax import maps as maps_lib
-from pcam_jax.models import PCAMNet, abnormal_probability, create_model
+from pcam_jax import geometry, maps as maps_lib
+from pcam_jax.models import abnormal_probability, create_model
 from pcam_jax.training import stages as stages_lib
-
-DECODER = maps_lib.DECODER
-METHODS = maps_lib.METHODS + (DECODER,)
 
 
 def read_if_path(images):
@@ -46,9 +45,9 @@ def read_if_path(images):
     return images
 
 
-def as_model_input(images, image_size: int) -> np.ndarray:
+def as_model_input(images, image_size: int, mode: str) -> np.ndarray:
     """Images of any accepted layout and dtype (or a file path) -> float32 (B, S, S, 1) in [0, 1],
-    resized as the training pipeline resizes (bilinear, no antialiasing: `pcam_jax.run.inference`)."""
+    brought to the model's size as the training pipeline does with resize ``mode`` (`pcam_jax.geometry`)."""
     x = np.asarray(read_if_path(images))
     is_uint8 = x.dtype == np.uint8
     x = x.astype(np.float32) / 255.0 if is_uint8 else x.astype(np.float32)
@@ -66,9 +65,7 @@ def as_model_input(images, image_size: int) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         raise ValueError("images contain NaN or Inf")
     if x.shape[1:3] != (image_size, image_size):
-        from pcam_jax.run.inference import to_model_size
-
-        x = np.stack([to_model_size(image, image_size) for image in x[..., 0]])[..., None]
+        x = np.stack([geometry.to_model_size(image, image_size, mode) for image in x[..., 0]])[..., None]
     return np.clip(x, 0.0, 1.0)
 
 
@@ -85,20 +82,41 @@ class Run:
     def __post_init__(self):
         self.model = create_model(self.config.model)
         self.image_size = int(self.config.data.image_size)
+        self.resize_mode = geometry.check_resize_mode(str(self.config.data.resize))
         model = self.model
         self._probs = jax.jit(lambda v, x: abnormal_probability(model, v, x)[0])
-        self._decoder = jax.jit(lambda v, x: model.apply(v, x, method=PCAMNet.segment))
-        self._maps_fns = {}   # {method tuple: jitted maps program}
+        # The run's compiled programs, each made once: one compilation per method set / setting.
+        self._maps_fns = {}               # {method tuple: fn(variables, images, targets) -> {method: raw map}}
+        self._predict_and_map_fns = {}    # {method: fn(variables, images) -> (P(abnormal), raw map)}: `inference`
         self._faithfulness_programs = {}  # {(steps, road_iterations): jitted figures program}
 
+    def check_method(self, method: str) -> str:
+        """``method`` if this run can make its map: a registry name, and the decoder only for a
+        stage that trains it (a frozen decoder is random)."""
+        if maps_lib.registry.get(method).needs_decoder and not stages_lib.get(self.stage).trains_decoder:
+            trained = [n for n, s in stages_lib.STAGES.items() if s.trains_decoder]
+            raise ValueError(f"the {method} map needs a run of stage {' or '.join(map(str, trained))}; "
+                             f"this is stage {self.stage}")
+        return method
+
     def maps_function(self, methods: tuple[str, ...]):
-        """The jitted ``fn(variables, images, targets) -> {method: raw map}`` of classifier ``methods``
-        (`pcam_jax.maps.make_all_maps_fn`), made once per method set and kept: one compilation."""
-        methods = tuple(methods)
+        """The jitted ``fn(variables, images, targets) -> {method: raw map}`` of ``methods``
+        (`pcam_jax.maps.make_all_maps_fn`), made once per method set and kept."""
+        methods = tuple(self.check_method(m) for m in maps_lib.registry.check(methods))
         if methods not in self._maps_fns:
             self._maps_fns[methods] = maps_lib.make_all_maps_fn(
                 self.model, methods, chunk=int(self.config.eval.score_cam_chunk))
         return self._maps_fns[methods]
+
+    def predict_and_map_function(self, method: str):
+        """The jitted ``fn(variables, images) -> (P(abnormal), raw map)`` of ``method`` from one
+        forward (`pcam_jax.run.inference.make_predict_and_map_fn`), made once and kept."""
+        from pcam_jax.run import inference
+
+        if method not in self._predict_and_map_fns:
+            self._predict_and_map_fns[method] = inference.make_predict_and_map_fn(
+                self.model, self.check_method(method), int(self.config.eval.score_cam_chunk))
+        return self._predict_and_map_fns[method]
 
     def _chunks(self, x: np.ndarray):
         """Yields (padded chunk, number of real rows) in fixed-size chunks (one compilation)."""
@@ -106,38 +124,21 @@ class Run:
             part = x[start:start + self.chunk]
             yield maps_lib.pad_batch(part, self.chunk), len(part)
 
-    def predict(self, images) -> np.ndarray:
-        """Probability of the abnormal class, (B,)."""
-        x = as_model_input(images, self.image_size)
-        out = [np.asarray(self._probs(self.variables, part))[:n] for part, n in self._chunks(x)]
-        return np.concatenate(out) if out else np.zeros((0,), np.float32)
-
     def raw_maps(self, model_images: np.ndarray, methods=("positive_cam",), targets=None) -> dict[str, np.ndarray]:
         """{method: maps} for images already at the model's size, (B, S, S, 1) in [0, 1].
 
-        Classifier maps are at feature resolution, as the map functions return them; the
-        decoder map is at image resolution. Targets None: the abnormal class (1), the class
+        CAMs are at feature resolution, as the map functions return them; the decoder and the
+        pixel attributions at image resolution. Targets None: the abnormal class (1), the class
         whose lesion we want to see, for every image.
         """
-        methods = tuple(methods)
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown map method(s) {unknown}; choose from {METHODS}")
-        if DECODER in methods and not stages_lib.get(self.stage).trains_decoder:  # a frozen, untrained decoder
-            trained = [n for n, s in stages_lib.STAGES.items() if s.trains_decoder]
-            raise ValueError(f"the decoder map needs a run of stage {' or '.join(map(str, trained))}; "
-                             f"this is stage {self.stage}")
-        classifier_methods = tuple(m for m in methods if m != DECODER)
+        fn = self.maps_function(tuple(methods))
         out = {m: [] for m in methods}
         for start, (part, n) in zip(range(0, len(model_images), self.chunk), self._chunks(model_images)):
-            if classifier_methods:
-                t = (np.ones(len(part), np.int32) if targets is None
-                     else maps_lib.pad_batch(np.asarray(targets, np.int32)[start:start + n], len(part)))
-                result = self.maps_function(classifier_methods)(self.variables, part, t)
-                for m in classifier_methods:
-                    out[m].append(np.asarray(result[m])[:n])
-            if DECODER in methods:
-                out[DECODER].append(np.asarray(self._decoder(self.variables, part))[:n])
+            t = (np.ones(len(part), np.int32) if targets is None
+                 else maps_lib.pad_batch(np.asarray(targets, np.int32)[start:start + n], len(part)))
+            result = fn(self.variables, part, t)
+            for m in methods:
+                out[m].append(np.asarray(result[m])[:n])
         return {m: np.concatenate(v) for m, v in out.items()}
 
     def faithfulness(self, images, method: str = "positive_cam", *, steps: int = 20,
@@ -154,7 +155,7 @@ class Run:
         """
         from pcam_jax.trust import programs as map_trust
 
-        x = as_model_input(images, self.image_size)
+        x = as_model_input(images, self.image_size, self.resize_mode)
         raw = self.raw_maps(x, (method,))[method]
         saliency = np.asarray(maps_lib.postprocess(jnp.asarray(raw), self.image_size, self.image_size))
         key = (int(steps), int(road_iterations))
@@ -164,27 +165,39 @@ class Run:
         return map_trust.faithfulness_figures(self, x, {method: saliency}, seed=seed, chunk=self.chunk,
                                               program=self._faithfulness_programs[key])[method]
 
-    def sanity(self, images, methods=("cam", "positive_cam", "grad_cam"), *, seed: int = 0) -> dict:
+    def sanity(self, images, methods=None, *, seed: int = 0) -> dict:
         """Adebayo et al.'s sanity checks of classifier map ``methods`` on ``images`` (as for `maps`):
         cascading randomisation (head, then encoder blocks top down, re-initialised) and the
-        random-logit test. Returns {"steps", "cascade": {method: {"ssim": [per step], "spearman",
+        random-logit test; ``methods`` default: the classifier maps of Figure 2. Returns {"steps", "cascade": {method: {"ssim": [per step], "spearman",
         "passes"}}, "random_logit": {method: {"ssim", "spearman"}}, "maps"} (`pcam_jax.trust.programs`)."""
         from pcam_jax.trust import programs as map_trust
 
-        unknown = [m for m in methods if m not in maps_lib.METHODS]
+        if methods is None:
+            methods = tuple(m for m in maps_lib.FIGURE2_METHODS if m in maps_lib.CLASSIFIER_METHODS)
+        unknown = [m for m in methods if m not in maps_lib.CLASSIFIER_METHODS]
         if unknown:
             raise ValueError(f"sanity checks are for classifier maps; unknown or not a classifier map: {unknown}; "
-                             f"choose from {maps_lib.METHODS}")
-        return map_trust.sanity_figures(self, as_model_input(images, self.image_size), tuple(methods), seed=seed)
+                             f"choose from {maps_lib.CLASSIFIER_METHODS}")
+        return map_trust.sanity_figures(self, as_model_input(images, self.image_size, self.resize_mode),
+                                        tuple(methods), seed=seed)
 
     def maps(self, images, method: str = "positive_cam", targets=None) -> np.ndarray:
         """(B, H, W) map in [0, 1] at the input images' size; see the module docstring."""
         images = read_if_path(images)
-        x = as_model_input(images, self.image_size)
+        x = as_model_input(images, self.image_size, self.resize_mode)
         raw = self.raw_maps(x, (method,), targets)[method]
         shape = np.asarray(images).shape
         height, width = (shape[0], shape[1]) if np.asarray(images).ndim == 2 else (shape[1], shape[2])
+        if self.resize_mode == "pad":  # the map over the image, not over the letterbox's padding
+            at_model_size = maps_lib.postprocess(jnp.asarray(raw), self.image_size, self.image_size)
+            raw = geometry.crop_to_content(at_model_size, height, width, self.resize_mode)
         return np.asarray(maps_lib.postprocess(jnp.asarray(raw), height, width))
+
+    def predict(self, images) -> np.ndarray:
+        """Probability of the abnormal class, (B,)."""
+        x = as_model_input(images, self.image_size, self.resize_mode)
+        out = [np.asarray(self._probs(self.variables, part))[:n] for part, n in self._chunks(x)]
+        return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
 def load(workdir, stage: int = 3, which: str | int = "best") -> Run:

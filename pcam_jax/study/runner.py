@@ -38,15 +38,15 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from pcam_jax.maps import registry
 from pcam_jax.study.tables import METRICS, aggregate, label_efficiency_plot, markdown_table
 from pcam_jax.training import stages as stages_lib
 
 RESULT = "study_run.json"   # in each run's directory, written last: the run is finished
 SHORTCUT_FIELDS = ("marker_prob_abnormal", "marker_prob_normal", "hardware_prob_abnormal", "hardware_prob_normal")
 SHORTCUTS = ("on", "off")
-# The maps each stage's runs are scored on (fewer than `Stage.map_methods`: no Score-CAM & co.).
-SCORED = {1: ("cam", "positive_cam"), 2: ("positive_cam",), 3: ("decoder", "positive_cam"), 4: ("decoder",)}
-MAP_NAMES = {"cam": "CAM", "positive_cam": "positive CAM", "decoder": "decoder"}
+# The maps each stage's runs are scored on: the paper's own among the stage's (no Score-CAM & co.).
+SCORED = {n: tuple(m for m in s.map_methods if registry.get(m).in_paper) for n, s in stages_lib.STAGES.items()}
 PRESETS = ("small", "demo", "tiny")
 
 
@@ -245,7 +245,7 @@ def _value(tree: Any, *path) -> float | None:
 
 def row_label(stage: int, method: str, mode: str) -> str:
     spec = stages_lib.get(stage)
-    what = "attention (positive CAM)" if spec.uses("l2") and not spec.needs_labelled else MAP_NAMES[method]
+    what = "attention (positive CAM)" if spec.uses("l2") and not spec.needs_labelled else registry.title(method)
     setting = (f" ({mode})" if spec.uses("l2") else "") + (" segmenter, labelled only" if not spec.uses("l1") else "")
     return f"{spec.name}{setting}: {what}"
 
@@ -257,7 +257,7 @@ def summarise(run: StudyRun, metrics: dict) -> list[dict]:
     rows = []
     for method in SCORED[run.stage]:
         row = {"row": row_label(run.stage, method, run.mode), "labels": run.labels if spec.needs_labelled else None,
-               "stage": run.stage, "map": method, "curve": run.stage if method == "decoder" else None,
+               "stage": run.stage, "map": method, "curve": run.stage if registry.get(method).needs_decoder else None,
                "kappa": _value(metrics, "classification", spec.name, "image", "cohen_kappa") if classifier else None,
                "auroc": _value(metrics, "classification", spec.name, "image", "auroc") if classifier else None,
                "lesion_auroc": _value(metrics, "shortcuts", spec.name, "lesion_auroc", "pooled") if classifier else None}

@@ -27,7 +27,6 @@ raises `ConfigMismatchError` naming every differing field.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -42,6 +41,7 @@ from absl import logging as absl_logging
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_policies
 
+from pcam_jax import configs
 from pcam_jax.errors import CheckpointError, ConfigMismatchError, StorageError, describe_os_error, environment_cause
 from pcam_jax.training import stages as stages_lib
 
@@ -137,18 +137,11 @@ def stage_directory(workdir: str | pathlib.Path, stage: int) -> pathlib.Path:
     return pathlib.Path(workdir).absolute() / "checkpoints" / f"stage{stage}"
 
 
-def config_to_json_dict(config: ml_collections.ConfigDict | Mapping) -> dict:
-    """The config as plain JSON types (tuples become lists), as it is stored in ``meta``."""
-    if isinstance(config, ml_collections.ConfigDict):
-        return json.loads(config.to_json_best_effort())
-    return json.loads(json.dumps(dict(config), default=str))
-
-
 def _compared_sections(stage: int, config: Mapping) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(sections compared, dotted fields ignored) when resuming stage ``stage``."""
     spec = stages_lib.get(stage)
     sections = ["seed", "model", "data", "optimizer", spec.name]
-    if config.get("data", {}).get("dataset") == "synthetic":
+    if config["data"]["dataset"] == "synthetic":
         sections.append("synthetic")
     ignored = list(_RESUMABLE_FIELDS) + [f"{spec.name}.num_epochs"]
     for number in spec.also_compared:  # e.g. stage 3 optimises stage 2's loss: its settings matter,
@@ -170,7 +163,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 def config_differences(saved: Mapping, current: Mapping, stage: int) -> list[str]:
     """Lines ``"model.widths: checkpoint [4, 8], now [4, 16]"`` for fields that differ.
 
-    Both configs are JSON-style dicts (`config_to_json_dict`). Pure: no I/O.
+    Both configs are JSON-style dicts (`pcam_jax.configs.to_json_dict`). Pure: no I/O.
     """
     sections, ignored = _compared_sections(stage, current)
     flat_saved = {k: v for k, v in _flatten(dict(saved)).items() if k.split(".")[0] in sections}
@@ -371,14 +364,23 @@ def restore_for_eval(workdir, stage: int, which: str | int = "best"
     try:
         _, latest_meta = checkpoints.first_intact(checkpoints.latest_step, checkpoints.read_meta)
         if latest_meta is not None:
-            train = latest_meta["config"].get("train", {})
-            if (train.get("best_metric", "auroc"), train.get("best_mode", "max")) != (
-                    checkpoints.best_metric, checkpoints.best_mode):
+            train = configs.complete(latest_meta["config"]).train
+            if (train.best_metric, train.best_mode) != (checkpoints.best_metric, checkpoints.best_mode):
                 checkpoints.close()  # rank "best" by the metric the run itself used
-                checkpoints = StageCheckpoints(workdir, stage, read_only=True, best_metric=train["best_metric"],
-                                               best_mode=train["best_mode"])
+                checkpoints = StageCheckpoints(workdir, stage, read_only=True, best_metric=train.best_metric,
+                                               best_mode=train.best_mode)
         device = jax.local_devices()[0]
         _, variables, meta = intact_variables(checkpoints, which, jax.sharding.SingleDeviceSharding(device))
     finally:
         checkpoints.close()
-    return ml_collections.ConfigDict(meta["config"]), variables, meta
+    return configs.complete(meta["config"]), variables, meta
+
+
+def trained_stages(workdir) -> list[int]:
+    """Stages with at least one checkpoint in `workdir`."""
+    found = []
+    for stage in stages_lib.NUMBERS:
+        directory = stage_directory(workdir, stage)
+        if directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir()):
+            found.append(stage)
+    return found

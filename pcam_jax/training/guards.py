@@ -47,9 +47,8 @@ class DivergenceGuard:
 
     @classmethod
     def from_config(cls, train_config) -> "DivergenceGuard":
-        return cls(loss_factor=train_config.get("divergence_loss_factor", 100.0),
-                   window=train_config.get("divergence_window", 50),
-                   norm_growth=train_config.get("divergence_norm_growth", 1000.0))
+        return cls(loss_factor=train_config.divergence_loss_factor, window=train_config.divergence_window,
+                   norm_growth=train_config.divergence_norm_growth)
 
     def reference_loss(self) -> float | None:
         """The loss a step is compared with; None until ``min_steps`` losses were seen."""

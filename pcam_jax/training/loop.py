@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Iterator, Protocol
 import jax
 import numpy as np
 
-from pcam_jax import models
+from pcam_jax import configs, models
 from pcam_jax.errors import DivergenceError, Interrupted, NonFiniteLossError
 from pcam_jax.data import DEVICE_KEYS, clinician_labels, resolve_data_dir
 from pcam_jax.metrics.classification import classification_metrics
@@ -96,7 +96,7 @@ class PipelineData:
     def _train_stream(self, stream: str, seed: int, start_step: int):
         """``train_batches`` or ``labelled_batches`` of the train split: from the uint8 cache
         (augmented on the device) or through the tf.data pipeline (augmented on the host)."""
-        if self._config.data.get("augment_on", "host") == "device":
+        if self._config.data.augment_on == "device":
             source, records = self._uint8("train")
         else:
             source, records = self._pipeline, self._split("train")
@@ -242,14 +242,15 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
     log_every = max(int(config.train.log_every_steps), 1)
     image_every = int(config.train.image_summary_every_steps)
     checkpoint_every = int(config.train.checkpoint_every_steps)
-    config_json = checkpointing.config_to_json_dict(config)
+    config_json = configs.to_json_dict(config)
 
     model = models.create_model(config.model)
     checkpoints = checkpointing.StageCheckpoints.from_config(workdir, stage, config)
     try:
         def restore_checked(step):
             saved = checkpoints.read_meta(step)
-            checkpointing.check_compatible(saved["config"], config_json, stage, checkpoints.directory)
+            saved_config = configs.to_json_dict(configs.complete(saved["config"]))  # a field it predates: its old value
+            checkpointing.check_compatible(saved_config, config_json, stage, checkpoints.directory)
             return checkpoints.restore(abstract_state(config, model, mesh), step)
 
         # The newest checkpoint that restores (each one that does not is moved aside).
@@ -274,7 +275,7 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
         eval_step = jax.jit(steps.make_eval_step(model))
         maps_fn = reporting.jit_summary_maps(model, stage=spec, logit_difference=bool(config.stage2.logit_difference))
         seed = _stage_seed(config, stage)
-        depth = int(config.data.get("prefetch", 2))
+        depth = int(config.data.prefetch)
         batches = prefetch_to_device(data.train_batches(seed=seed, start_step=start), mesh, depth)
         labelled = (prefetch_to_device(data.labelled_batches(seed=seed, start_step=start), mesh, depth)
                     if spec.needs_labelled else None)

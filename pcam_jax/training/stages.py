@@ -39,7 +39,10 @@ class Stage:
         ``"scratch"`` or ``"stageN"`` (stage 2's ``init_from``: the paper retrains from scratch).
       carried_parts: parts taken from the source stage's checkpoint (the rest is fresh).
       needs_labelled: each step also draws a batch of the lesion-labelled few.
-      map_methods: the maps `pcam-jax evaluate` scores for this stage.
+      map_methods: the maps `pcam-jax evaluate` scores for this stage (names of
+        `pcam_jax.maps.registry`); the first is the stage's own.
+      figure_title: the column title of the stage's own map in Figure 2; None (stage 1): every
+        Figure-2 map of the registry, each under its own title.
       also_compared: other stages whose config sections must match when resuming (stage 3
         optimises stage 2's loss, so stage 2's settings matter to it; its schedule does not).
     """
@@ -53,6 +56,7 @@ class Stage:
     carried_parts: tuple[str, ...] = ("encoder", "head")
     needs_labelled: bool = False
     map_methods: tuple[str, ...] = ("positive_cam",)
+    figure_title: str | None = None
     also_compared: tuple[int, ...] = ()
 
     @property
@@ -83,14 +87,14 @@ class Stage:
 
 
 STAGES: dict[int, Stage] = {
-    1: Stage(1, losses=("l1",), class_weighted_l1=True, map_methods=maps.METHODS),
-    2: Stage(2, losses=("l1", "l2"), init_option="init_from"),
+    1: Stage(1, losses=("l1",), class_weighted_l1=True, map_methods=maps.CAM_METHODS),
+    2: Stage(2, losses=("l1", "l2"), init_option="init_from", figure_title="stage 2"),
     3: Stage(3, losses=("l1", "l2", "l3"), frozen_parts=(), starts_from=2, needs_labelled=True,
-             map_methods=(maps.DECODER, "positive_cam"), also_compared=(2,)),
+             map_methods=(maps.DECODER, "positive_cam"), figure_title="stage 3", also_compared=(2,)),
     # The fair baseline (Choe et al.): encoder + decoder trained on the labelled few alone, from
     # scratch, with stage 3's lesion loss; never trained by default (`--stages 4`).
     4: Stage(4, losses=("l3",), frozen_parts=("head",), needs_labelled=True,
-             map_methods=(maps.DECODER,), also_compared=(3,)),
+             map_methods=(maps.DECODER,), figure_title="few-label segmenter", also_compared=(3,)),
 }
 NUMBERS = tuple(STAGES)
 DEFAULT = (1, 2, 3)  # the paper's three stages: what `pcam-jax train` and the demo run

@@ -60,15 +60,15 @@ def check_config(config: Any) -> None:
     losses.check_mask_mode(s2.mask_mode)
     if s2.confidence not in CONFIDENCE_SOURCES:
         raise ValueError(f"config.stage2.confidence must be one of {CONFIDENCE_SOURCES}, got {s2.confidence!r}")
-    if s2.get("attention_class", "abnormal") not in ATTENTION_CLASSES:
+    if s2.attention_class not in ATTENTION_CLASSES:
         raise ValueError(f"config.stage2.attention_class must be one of {ATTENTION_CLASSES}, "
                          f"got {s2.attention_class!r}")
-    if s2.get("masked_batch_norm", "running") not in MASKED_BATCH_NORM:
+    if s2.masked_batch_norm not in MASKED_BATCH_NORM:
         raise ValueError(f"config.stage2.masked_batch_norm must be one of {MASKED_BATCH_NORM}, "
                          f"got {s2.masked_batch_norm!r}")
     if not 0.0 <= float(s2.accuracy_ema) < 1.0:
         raise ValueError(f"config.stage2.accuracy_ema is a decay in [0, 1), got {s2.accuracy_ema!r}")
-    lesion_loss = config.stage3.get("lesion_loss", "mse")
+    lesion_loss = config.stage3.lesion_loss
     if lesion_loss not in LESION_LOSSES:
         raise ValueError(f"config.stage3.lesion_loss must be one of {LESION_LOSSES}, got {lesion_loss!r}")
 
@@ -88,9 +88,9 @@ def make_loss_fn(stage: int | stages_lib.Stage, config: Any, model: PCAMNet) -> 
     ema_decay = float(s2.accuracy_ema)
     mask_mode, abnormal_only = str(s2.mask_mode), bool(s2.abnormal_only)
     l3_weight = float(config.stage3.l3_weight) if stage.uses("l3") else 0.0
-    balanced_l3 = config.stage3.get("lesion_loss", "mse") == "balanced_mse"
-    own_class_maps = s2.get("attention_class", "abnormal") == "label"
-    masked_batch_stats = s2.get("masked_batch_norm", "running") == "batch"
+    balanced_l3 = config.stage3.lesion_loss == "balanced_mse"
+    own_class_maps = s2.attention_class == "label"
+    masked_batch_stats = s2.masked_batch_norm == "batch"
 
     def loss_fn(params, state, batch, labelled_batch=None):
         images, labels, valid = batch["image"], batch["label"], batch["valid"]

@@ -75,7 +75,7 @@ def sanity_figures(run, images: np.ndarray, methods: tuple[str, ...], *, seed: i
     "passes": bool}}, "random_logit": {method: {"ssim", "spearman"}}, "maps": the cascade's
     maps {method: (S + 1, N, H, W)} for the figure}.
     """
-    methods = tuple(m for m in methods if m in maps_lib.METHODS)
+    methods = tuple(m for m in methods if m in maps_lib.CLASSIFIER_METHODS)
     if not methods:
         return {}
     maps_fn = run.maps_function(methods)  # kept by the run: a second check does not recompile
