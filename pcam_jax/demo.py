@@ -53,7 +53,8 @@ def train(config, workdir) -> dict:
 def evaluate(config, workdir) -> dict:
     from pcam_jax.evaluation.evaluate import evaluate_workdir
 
-    return evaluate_workdir(workdir, data_dir=str(config.data.data_dir))
+    # Quiet: the summary prints the localisation table and what each stage relies on, once.
+    return evaluate_workdir(workdir, data_dir=str(config.data.data_dir), verbose=False)
 
 
 Phase = tuple[str, Callable[[Any, pathlib.Path], Any]]

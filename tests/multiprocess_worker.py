@@ -47,7 +47,7 @@ def tiny_config():
 
 
 class ProcessSlice:
-    """`loop.DataSource`: this process's contiguous rows of `tests.test_loop.FakeData`'s global batches.
+    """`pcam_jax.data.source.DataSource`: this process's contiguous rows of `tests.test_loop.FakeData`'s global batches.
 
     The loop's global batch is the concatenation of every process's rows (`mesh.shard_batch`),
     so it is exactly the one-process batch. Eval images carry their example id in pixel (0, 0).
@@ -92,15 +92,15 @@ def joint_evaluation(config, workdir, data, mesh) -> dict:
     """Metrics and counted example ids of the latest stage-3 checkpoint, restored by all processes."""
     from jax.experimental import multihost_utils
     from pcam_jax import models
-    from pcam_jax.training import checkpointing, loop, steps
+    from pcam_jax.training import checkpointing, selection, state as state_lib, steps
 
     model = models.create_model(config.model)
     checkpoints = checkpointing.StageCheckpoints.from_config(workdir, 3, config)
     try:
-        state, meta = checkpoints.restore(loop.abstract_state(config, model, mesh))
+        state, meta = checkpoints.restore(state_lib.abstract_state(config, model, mesh))
     finally:
         checkpoints.close()
-    metrics = loop.evaluate(jax.jit(steps.make_eval_step(model)), state, data.eval_batches(), mesh)
+    metrics = selection.evaluate(jax.jit(steps.make_eval_step(model)), state, data.eval_batches(), mesh)
     ids = []
     for batch in data.eval_batches():
         device = mesh_lib.shard_batch(batch, mesh)

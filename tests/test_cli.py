@@ -78,7 +78,7 @@ def test_demo_on_a_trained_workdir_evaluates_and_reports_phase_times(trained, ca
 
 
 def test_config_overrides_without_config_use_the_demo_preset_and_elsewhere_say_what_is_missing(tmp_path, capsys):
-    from pcam_jax.cli import resolve_config_argv
+    from pcam_jax.cli.process import resolve_config_argv
     from pcam_jax.configs import config_path
 
     assert resolve_config_argv(["--workdir=w", "--config.stage1.num_epochs=1"], "synthetic") == [

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from pcam_jax import configs, models
-from pcam_jax.training import checkpointing, loop, stages
+from pcam_jax.training import checkpointing, loop, stages, state as state_lib
 
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")  # see conftest.py
 
 
 class FakeData:
-    """Deterministic `loop.DataSource`: batch ``i`` of a stream is a function of (seed, i) only.
+    """Deterministic `pcam_jax.data.source.DataSource`: batch ``i`` of a stream is a function of (seed, i) only.
 
     Abnormal images carry a bright square (the lesion, also the mask), so the classifier
     can learn something. ``poison_from``: train batches from that position on are NaN.
@@ -131,7 +131,7 @@ def test_resumed_run_equals_uninterrupted_run(finished_run, tmp_path):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     # and training did change stage 3's parameters (the comparison is not vacuous)
-    start = loop.initial_state(3, config, models.create_model(config.model), jax.random.key(0), workdir)
+    start = state_lib.initial_state(3, config, models.create_model(config.model), jax.random.key(0), workdir)
     assert not np.allclose(start["params"]["decoder"]["out"]["kernel"], got["params"]["decoder"]["out"]["kernel"])
 
 
@@ -231,7 +231,7 @@ def test_stage3_starts_from_stage2_encoder_and_head_with_a_fresh_decoder(finishe
     config, workdir, results = finished_run
     model = models.create_model(config.model)
     rng = jax.random.fold_in(jax.random.key(config.seed), 3)
-    start = loop.initial_state(3, config, model, rng, workdir)
+    start = state_lib.initial_state(3, config, model, rng, workdir)
     stage2, _ = _params(workdir, 2, "best")
     assert results[2]["best_step"] == 6
     fresh = models.init_variables(model, rng, config.data.image_size)
@@ -258,7 +258,7 @@ def test_prefetch_keeps_order_and_depth():
             produced.append(i)
             yield FakeData(config)._batch(np.random.default_rng(i), 8)
 
-    stream = loop.prefetch_to_device(source(), mesh, depth=2)
+    stream = mesh_lib.prefetch_to_device(source(), mesh, depth=2)
     first_device, first_host = next(stream)
     assert produced == [0, 1]               # batch 1 is already on its way while 0 is used
     np.testing.assert_array_equal(np.asarray(first_device["image"]), first_host["image"])

@@ -9,6 +9,7 @@ import pytest
 
 from pcam_jax import maps
 from pcam_jax.training import losses
+from tests.reference_loops import bilinear_loop
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 
@@ -120,27 +121,12 @@ def test_stage_loss_and_accuracy():
     np.testing.assert_allclose(losses.accuracy(logits, labels, jnp.array([True, True, False, True])), 2 / 3)
 
 
-def _numpy_bilinear(maps, height, width):
-    """Half-pixel-centre bilinear resize, source coordinates clamped (OpenCV INTER_LINEAR)."""
-    b, h, w = maps.shape
-    out = np.zeros((b, height, width))
-    for i in range(height):
-        y = min(max((i + 0.5) * h / height - 0.5, 0.0), h - 1)
-        y0 = int(math.floor(y)); y1 = min(y0 + 1, h - 1); fy = y - y0
-        for j in range(width):
-            x = min(max((j + 0.5) * w / width - 0.5, 0.0), w - 1)
-            x0 = int(math.floor(x)); x1 = min(x0 + 1, w - 1); fx = x - x0
-            out[:, i, j] = ((1 - fy) * (1 - fx) * maps[:, y0, x0] + (1 - fy) * fx * maps[:, y0, x1]
-                            + fy * (1 - fx) * maps[:, y1, x0] + fy * fx * maps[:, y1, x1])
-    return out
-
-
 def _numpy_attention(features, kernel, height, width, logit_difference):
     w = kernel[:, 1] - kernel[:, 0] if logit_difference else kernel[:, 1]
     cam = np.zeros(features.shape[:3])
     for k in range(features.shape[-1]):
         cam += max(w[k], 0.0) * features[..., k]
-    up = _numpy_bilinear(cam, height, width)
+    up = bilinear_loop(cam, height, width)
     lo = up.min(axis=(1, 2), keepdims=True)
     span = up.max(axis=(1, 2), keepdims=True) - lo
     return (up - lo) / (span + 1e-7)

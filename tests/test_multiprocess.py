@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from pcam_jax import models
-from pcam_jax.training import checkpointing, local_launch, loop, mesh as mesh_lib, reporting
+from pcam_jax.training import checkpointing, local_launch, loop, mesh as mesh_lib, reporting, state as state_lib
 from tests import multiprocess_worker as worker
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")  # see conftest.py
@@ -114,7 +114,7 @@ def restore_in_this_process(workdir, stage):
     model = models.create_model(config.model)
     checkpoints = checkpointing.StageCheckpoints.from_config(workdir, stage, config)
     try:
-        state, meta = checkpoints.restore(loop.abstract_state(config, model, mesh_lib.make_mesh()))
+        state, meta = checkpoints.restore(state_lib.abstract_state(config, model, mesh_lib.make_mesh()))
     finally:
         checkpoints.close()
     return {"params": state["params"], "batch_stats": state["batch_stats"]}, meta

@@ -8,6 +8,7 @@ from absl import app
 from absl import flags
 
 from pcam_jax import cli
+from pcam_jax.cli import process as cli_process
 from pcam_jax.cli import prepare
 from pcam_jax.data import mura
 
@@ -25,7 +26,7 @@ def fresh_flags():
 def run_main(argv):
     """What the dispatcher does under absl's app.run: parse the flags, run the command with the
     known errors mapped to one line on stderr and an exit status (SystemExit)."""
-    return cli.run_command("prepare", prepare.main, FLAGS(["pcam-jax prepare"] + argv))
+    return cli_process.run_command("prepare", prepare.main, FLAGS(["pcam-jax prepare"] + argv))
 
 
 def test_prepare_mura_through_the_cli(tmp_path, capsys):

@@ -307,11 +307,11 @@ def test_an_unknown_config_field_is_one_line_naming_the_field_and_its_siblings(t
 
 
 def test_config_override_problem_for_a_section_and_a_nested_field():
-    from pcam_jax import cli
+    from pcam_jax.cli import process as cli_process
 
-    assert cli._config_override_problem(KeyError("'modl'\nDid you mean \"model\"?"), ["--config.modl.widths=1"]) \
+    assert cli_process._config_override_problem(KeyError("'modl'\nDid you mean \"model\"?"), ["--config.modl.widths=1"]) \
         .startswith("--config.modl.widths=1: config has no field 'modl'; did you mean config.model?")
-    assert cli._config_override_problem(AttributeError("'x'"), ["--workdir=w"]) is None
+    assert cli_process._config_override_problem(AttributeError("'x'"), ["--workdir=w"]) is None
 
 
 def test_maps_names_a_folder_without_images(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pcam_jax import configs
-from pcam_jax.data import synthetic, synthetic_splits
+from pcam_jax.data import synthetic, synthetic_shapes, synthetic_splits
 
 SIZE = 32
 
@@ -40,7 +40,7 @@ def test_tube_chords_match_ray_marching():
             r = np.sqrt(s**2 + rho**2)
             cortex_ref = step * np.sum((r < 1.0) & (r >= inner))
             marrow_ref = step * np.sum(r < inner)
-            cortex, marrow = synthetic.tube_chords(np.array(rho), inner)
+            cortex, marrow = synthetic_shapes.tube_chords(np.array(rho), inner)
             assert cortex == pytest.approx(cortex_ref, abs=3e-3), (rho, inner)
             assert marrow == pytest.approx(marrow_ref, abs=3e-3), (rho, inner)
 

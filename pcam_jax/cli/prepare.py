@@ -37,7 +37,7 @@ def prepare_uint8_cache(config, data_dir, split: str = "train"):
     """The uint8 cache of ``split`` for ``config`` (image size, resize mode), built now with a
     progress bar unless a current one is there; returns the `uint8_cache.SplitCache`
     (``built`` says which). Reads the records exactly as training does
-    (`pcam_jax.training.loop.PipelineData`: clinician lesion labels joined). Here, not in
+    (`pcam_jax.data.source.PipelineData`: clinician lesion labels joined). Here, not in
     `pcam_jax.data.prepare`: the data package must not import training."""
     from pcam_jax import runtime
 

@@ -26,10 +26,11 @@ limb with and without lesions, and changing a confounder probability moves no bo
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import numpy as np
+
+from pcam_jax.data import synthetic_shapes as shapes
 
 GENERATOR_VERSION = "1.0.0"  # bump when the pictures change: builder configs hash it
 LESION_KINDS = ("fracture", "lytic", "sclerotic")
@@ -38,58 +39,6 @@ _METAL = 6.0  # attenuation of lead and steel: saturates the film
 # Named lesion difficulty levels (config.synthetic.lesion_level): (size, contrast) multipliers
 # of `generate`. "subtle" is generator 1.0.0's lesions, byte for byte.
 LESION_LEVELS = {"subtle": (1.0, 1.0), "clear": (2.0, 2.0)}
-
-
-def tube_chords(rho: np.ndarray, inner_ratio: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
-    """Path lengths through a hollow tube (outer radius 1), for rays at distance rho from its axis.
-
-    Returns (cortex, marrow) chord lengths, same shape as rho: the cortex is the shell between
-    radius inner_ratio and 1, the marrow the core. Rays near the inner wall cross the most cortex,
-    which is why a bone's outline is brighter than its middle on a radiograph.
-    """
-    outer = 2.0 * np.sqrt(np.maximum(1.0 - rho**2, 0.0))
-    inner = 2.0 * np.sqrt(np.maximum(inner_ratio**2 - rho**2, 0.0))
-    return outer - inner, inner
-
-
-@functools.lru_cache(maxsize=8)
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel-centre coordinates (x, y), each (size, size) float64 in (0, 1); read-only."""
-    c = (np.arange(size, dtype=np.float64) + 0.5) / size
-    y, x = np.meshgrid(c, c, indexing="ij")
-    x.flags.writeable = y.flags.writeable = False
-    return x, y
-
-
-def _coverage(signed_distance: np.ndarray, pixel: float, softness: float = 1.0) -> np.ndarray:
-    """Anti-aliased inside-ness in [0, 1] of a shape given its signed distance (< 0 inside)."""
-    return np.clip(0.5 - signed_distance / (pixel * softness), 0.0, 1.0)
-
-
-def _segment_distance(x, y, p0, p1) -> np.ndarray:
-    """Distance from every pixel to the segment p0-p1."""
-    d = np.subtract(p1, p0)
-    t = np.clip(((x - p0[0]) * d[0] + (y - p0[1]) * d[1]) / max(d @ d, 1e-12), 0.0, 1.0)
-    return _norm(x - p0[0] - t * d[0], y - p0[1] - t * d[1])
-
-
-def _norm(a, b) -> np.ndarray:
-    """sqrt(a^2 + b^2): faster than np.hypot; no overflow at these scales."""
-    return np.sqrt(a * a + b * b)
-
-
-def _bbox(points, pad: float, size: int) -> tuple[slice, slice]:
-    """(rows, cols) slices of the pixels within `pad` of the bounding box of `points` (k, 2)."""
-    lo = np.floor((np.min(points, 0) - pad) * size).astype(int).clip(0, size)
-    hi = np.ceil((np.max(points, 0) + pad) * size).astype(int).clip(0, size)
-    return slice(lo[1], hi[1]), slice(lo[0], hi[0])
-
-
-def _box_distance(along, across, center, half_along, half_across) -> np.ndarray:
-    """Signed distance to an axis-aligned box in a bone's (along, across) frame."""
-    qa = np.abs(along - center[0]) - half_along
-    qc = np.abs(across - center[1]) - half_across
-    return _norm(np.maximum(qa, 0.0), np.maximum(qc, 0.0)) + np.minimum(np.maximum(qa, qc), 0.0)
 
 
 class Bone(NamedTuple):
@@ -200,9 +149,9 @@ def _render_bone(x, y, bone: Bone, lesions: list[dict], pixel: float, texture: n
     from_end = np.minimum(tc, length - tc)
     end_weight = np.exp(-((from_end / (2.2 * bone.radius)) ** 2))
     radius = bone.radius * (1.0 + bone.flare * end_weight)
-    rho = _norm(along - tc, across) / radius
+    rho = shapes.norm(along - tc, across) / radius
     inner = bone.inner_ratio + (0.93 - bone.inner_ratio) * end_weight  # thin cortex at the ends
-    cortex, marrow = tube_chords(rho, inner)
+    cortex, marrow = shapes.tube_chords(rho, inner)
     marrow_density = 0.38 + 0.2 * end_weight + 0.06 * texture  # trabecular ends are denser
     atten = (0.5 * (bone.radius / 0.05) ** 0.3) * (1.3 * cortex + marrow_density * marrow)  # wide: denser
     in_bone = rho < 1.0
@@ -211,17 +160,17 @@ def _render_bone(x, y, bone: Bone, lesions: list[dict], pixel: float, texture: n
             continue
         da = (along - les["t"] * length) / les["half_along"]
         dc = (across - les["center"]) / les["half_across"]
-        ell = _norm(da, dc)
+        ell = shapes.norm(da, dc)
         if les["kind"] == "sclerotic":  # irregular outline
             ell = ell / (1.0 + 0.18 * np.sin(les["lobes"] * np.arctan2(dc, da) + les["phase"]))
-        soft = _coverage((ell - 1.0) * min(les["half_along"], les["half_across"]), pixel, 2.0)
+        soft = shapes.coverage((ell - 1.0) * min(les["half_along"], les["half_across"]), pixel, 2.0)
         if les["kind"] == "lytic":
             atten = atten * (1.0 - les["strength"] * soft)
         else:
-            atten = atten + les["strength"] * soft * _coverage((rho - 1.0) * radius, pixel)
+            atten = atten + les["strength"] * soft * shapes.coverage((rho - 1.0) * radius, pixel)
         lesion_mask |= (ell <= 1.0) & in_bone
     for s, half_width, strength in fracture_lines:
-        atten = atten * (1.0 - strength * _coverage(np.abs(s) - half_width, pixel))
+        atten = atten * (1.0 - strength * shapes.coverage(np.abs(s) - half_width, pixel))
         lesion_mask |= (np.abs(s) <= half_width) & in_bone
     return atten, in_bone, lesion_mask
 
@@ -241,18 +190,18 @@ def _render_marker(x, y, rng, letter: str, tissue: np.ndarray, pixel: float) -> 
     margin = rng.uniform(0.03, 0.06)
     corners = [(margin, margin), (1 - margin - width, margin),
                (margin, 1 - margin - height), (1 - margin - width, 1 - margin - height)]
-    boxes = [_bbox(np.array([[cx, cy], [cx + width, cy + height]]), 0.0, size) for cx, cy in corners]
+    boxes = [shapes.bbox(np.array([[cx, cy], [cx + width, cy + height]]), 0.0, size) for cx, cy in corners]
     load = [tissue[box].sum() + 1e-3 * rng.random() for box in boxes]  # random tie-break
     cx, cy = corners[int(np.argmin(load))]
-    win = _bbox(np.array([[cx, cy], [cx + width, cy + height]]), 0.25 * height, size)
+    win = shapes.bbox(np.array([[cx, cy], [cx + width, cy + height]]), 0.25 * height, size)
     rot = rng.uniform(-0.15, 0.15)
     # Letter-box coordinates (rotated about the box centre), in units of the letter height.
     px, py = (x[win] - cx) / height - 0.32, (y[win] - cy) / height - 0.5
     lx, ly = px * np.cos(rot) + py * np.sin(rot) + 0.32, -px * np.sin(rot) + py * np.cos(rot) + 0.5
-    dist = np.min([_segment_distance(lx, ly, np.array(a, float), np.array(b, float))
+    dist = np.min([shapes.segment_distance(lx, ly, np.array(a, float), np.array(b, float))
                    for a, b in _letter_strokes(letter)], axis=0) * height
     cover = np.zeros(x.shape)
-    cover[win] = _coverage(dist - max(0.08 * height, 0.6 * pixel), pixel)
+    cover[win] = shapes.coverage(dist - max(0.08 * height, 0.6 * pixel), pixel)
     return cover
 
 
@@ -271,17 +220,17 @@ def _render_hardware(x, y, rng, bones: list[Bone], lesion_mask, pixel: float) ->
         screw_half = max(0.1 * r, 1.0 * pixel)
         if kind == 0:  # plate on the cortex, screws through the bone
             half_len, plate = rng.uniform(0.08, 0.16), max(0.18 * r, pixel)
-            dist = _box_distance(along, across, (t * length, side * (r + plate)), half_len, plate)
+            dist = shapes.box_distance(along, across, (t * length, side * (r + plate)), half_len, plate)
             for pos in np.linspace(-0.75, 0.75, int(rng.integers(2, 5))) * half_len:
-                dist = np.minimum(dist, _box_distance(along, across, (t * length + pos, side * 0.1 * r),
+                dist = np.minimum(dist, shapes.box_distance(along, across, (t * length + pos, side * 0.1 * r),
                                                       screw_half, 1.15 * r))
         elif kind == 1:  # one or two screws across the bone
-            dist = np.min([_box_distance(along, across, (t * length + pos, 0.0), screw_half, 1.3 * r)
+            dist = np.min([shapes.box_distance(along, across, (t * length + pos, 0.0), screw_half, 1.3 * r)
                            for pos in rng.uniform(-1.2, 1.2, int(rng.integers(1, 3))) * r], axis=0)
         else:  # intramedullary pin
-            dist = _box_distance(along, across, (t * length, 0.0), rng.uniform(0.15, 0.3) * length,
+            dist = shapes.box_distance(along, across, (t * length, 0.0), rng.uniform(0.15, 0.3) * length,
                                  max(0.22 * r, pixel))
-        cover = _coverage(dist, pixel)
+        cover = shapes.coverage(dist, pixel)
         visible, overlap = int((cover > 0.5).sum()), int(((cover > 0) & lesion_mask).sum())
         off_centre = not np.all(np.abs(bone.p0 + t * (bone.p1 - bone.p0) - 0.5) < 0.35)
         key = (visible < 4, overlap > 0, off_centre, overlap, -visible)
@@ -316,7 +265,7 @@ def generate(index: int, *, abnormal: bool, seed: int = 0, image_size: int = 128
     if not (lesion_size > 0 and lesion_contrast > 0):
         raise ValueError(f"lesion_size and lesion_contrast must be > 0, got {lesion_size}, {lesion_contrast}")
     streams = [np.random.default_rng(np.random.SeedSequence([seed, index, s])) for s in range(5)]
-    x, y = _grid(image_size)
+    x, y = shapes.grid(image_size)
     pixel = 1.0 / image_size
 
     rng = streams[_ANATOMY]
@@ -328,7 +277,7 @@ def generate(index: int, *, abnormal: bool, seed: int = 0, image_size: int = 128
         u = (b - a) / np.hypot(*(b - a))
         a = a - u * 0.5 if i == 0 else a  # the limb runs on beyond the outer ends of the chain
         b = b + u * 0.5 if i == len(joints) - 2 else b
-        limb.append(_segment_distance(x, y, a, b) / tissue_widths[i])
+        limb.append(shapes.segment_distance(x, y, a, b) / tissue_widths[i])
     limb = np.min(limb, axis=0)
     tissue = rng.uniform(0.22, 0.38) * np.sqrt(np.maximum(1.0 - limb**2, 0.0))
 
@@ -339,7 +288,7 @@ def generate(index: int, *, abnormal: bool, seed: int = 0, image_size: int = 128
     lesion_mask = np.zeros(x.shape, bool)
     for b, bone in enumerate(bones):
         # Render inside the bone's bounding box only (room for flare, displacement, edges).
-        win = _bbox(np.stack([bone.p0, bone.p1]), bone.radius * (1.5 + bone.flare) + 3 * pixel, image_size)
+        win = shapes.bbox(np.stack([bone.p0, bone.p1]), bone.radius * (1.5 + bone.flare) + 3 * pixel, image_size)
         if x[win].size:
             a, inside, les = _render_bone(x[win], y[win], bone, [l for l in lesions if l["bone"] == b],
                                           pixel, texture[win])

@@ -1,7 +1,9 @@
-"""Class activation maps: CAM, positive CAM, Grad-CAM, Grad-CAM++, LayerCAM and Score-CAM.
+"""The feature-map CAMs and the helpers every map shares: CAM, positive CAM (the paper's "PCAM"),
+stage 2's attention map, EigenCAM; one-hot class selection, per-image min-max, post-processing.
 
-(Part of the package `pcam_jax.maps`, which re-exports every name; the other methods are in
-`pcam_jax.maps.more_cams`, all of them together in `pcam_jax.maps.harness`.)
+(Part of the package `pcam_jax.maps`, which re-exports every name; the gradient CAMs are in
+`pcam_jax.maps.gradient_cams`, Score-CAM and AblationCAM in `pcam_jax.maps.perturbation_cams`,
+the list of all methods in `pcam_jax.maps.registry`.)
 
 Pure, batched functions that work under ``jax.jit`` (static shapes), ``jax.vmap`` and on
 inputs sharded over a mesh. Shapes::
@@ -11,10 +13,11 @@ inputs sharded over a mesh. Shapes::
     targets   (B,) int       class per image; None = the predicted class
     maps      (B, h, w)      at feature resolution; `postprocess` brings them to image size
 
-The gradient-based methods and Score-CAM take an ``apply_fn(images, feature_perturbation=None)
--> (logits, features)`` (see `pcam_jax.models.classifier_apply_fn`): the perturbation is added
-to the features before the head, so the gradient with respect to it at zero is the gradient
-with respect to the feature map. Each method is one forward and one VJP for the whole batch.
+EigenCAM (Muhammad & Yeasin 2020) is the features' first principal component, the (h*w, K)
+matrix centred over positions projected on its first right singular vector. pytorch-grad-cam
+leaves the sign to LAPACK (it differs between builds, its issue #315); here the component is
+oriented so that its channel loadings sum to >= 0, i.e. the map correlates positively with the
+summed activations. EigenCAM uses no class and no gradient.
 
 Conventions follow pytorch-grad-cam 1.5.7 so results are comparable with it: the same channel
 weights per method, ReLU on the weighted sum, then per-image min-max and bilinear resize
@@ -36,18 +39,18 @@ Array = jax.Array
 ApplyFn = Callable[..., tuple[Array, Array]]
 
 ABNORMAL = 1  # the class whose map shows the lesion
-_HIGHEST = jax.lax.Precision.HIGHEST
+HIGHEST = jax.lax.Precision.HIGHEST
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers: one-hot class selection, resizing (`pcam_jax.geometry`), normalisation.
 
 
-def _one_hot(targets: Array, num_classes: int, dtype=jnp.float32) -> Array:
+def one_hot(targets: Array, num_classes: int, dtype=jnp.float32) -> Array:
     return jax.nn.one_hot(targets, num_classes, dtype=dtype)
 
 
-def _resolve_targets(targets: Array | None, logits: Array) -> Array:
+def resolve_targets(targets: Array | None, logits: Array) -> Array:
     """The given targets, or the predicted class (arg-max of the logits) where None."""
     if targets is None:
         return jnp.argmax(logits, axis=-1)
@@ -107,23 +110,23 @@ def class_weights(weights: Array, targets: Array, logit_difference: bool = False
     A one-hot contraction (no gather), so sharded targets work on explicit meshes.
     """
     num_classes = weights.shape[1]
-    selector = _one_hot(targets, num_classes, weights.dtype)
+    selector = one_hot(targets, num_classes, weights.dtype)
     if logit_difference:
         if num_classes != 2:
             raise ValueError(f"logit_difference needs 2 classes; the dense weights have {num_classes}.")
         selector = 2.0 * selector - 1.0  # +1 for the target, -1 for the other class
-    return jnp.einsum("kc,bc->bk", weights, selector, precision=_HIGHEST)
+    return jnp.einsum("kc,bc->bk", weights, selector, precision=HIGHEST)
 
 
-def _weighted_sum(features: Array, channel_weights: Array) -> Array:
+def weighted_sum(features: Array, channel_weights: Array) -> Array:
     """sum_k w[b, k] * h[b, :, :, k] -> (B, h, w)."""
-    return jnp.einsum("bhwk,bk->bhw", features, channel_weights.astype(features.dtype), precision=_HIGHEST)
+    return jnp.einsum("bhwk,bk->bhw", features, channel_weights.astype(features.dtype), precision=HIGHEST)
 
 
 def cam(features: Array, weights: Array, targets: Array) -> Array:
     """Class activation map ``M_c = sum_k W[k, c] h_k`` (B, h, w), no ReLU (the definition)."""
     _check_features_and_weights(features, weights)
-    return _weighted_sum(features, class_weights(weights, targets))
+    return weighted_sum(features, class_weights(weights, targets))
 
 
 def positive_cam(features: Array, weights: Array, targets: Array, logit_difference: bool = False) -> Array:
@@ -133,7 +136,7 @@ def positive_cam(features: Array, weights: Array, targets: Array, logit_differen
     the ReLU: with a 2-way softmax only the logit difference matters.
     """
     _check_features_and_weights(features, weights)
-    return _weighted_sum(features, jax.nn.relu(class_weights(weights, targets, logit_difference)))
+    return weighted_sum(features, jax.nn.relu(class_weights(weights, targets, logit_difference)))
 
 
 def attention_map(features: Array, weights: Array, image_hw: tuple[int, int],
@@ -161,126 +164,29 @@ def attention_map(features: Array, weights: Array, image_hw: tuple[int, int],
 
 
 # ---------------------------------------------------------------------------------------------
-# Gradient-based maps: one forward + one VJP for the batch, then one weighting per method.
+# EigenCAM: the first principal component of the features (no class, no gradient).
 
 
-def forward_and_gradients(apply_fn: ApplyFn, images: Array, targets: Array | None = None):
-    """``(logits, features, grads, targets)`` from one forward and one VJP.
-
-    ``grads`` (B, h, w, K) is the gradient of ``sum_b logit[b, target_b]`` (a one-hot
-    contraction) with respect to the feature map; images are independent in eval mode, so
-    each image's slice is the gradient of its own target logit.
-    """
-    feature_struct = jax.eval_shape(lambda x: apply_fn(x)[1], images)
-    # On an explicit mesh the struct carries the features' sharding (None otherwise), so the
-    # perturbation, and with it the gradient, is sharded like the features.
-    zeros = jnp.zeros(feature_struct.shape, feature_struct.dtype, out_sharding=feature_struct.sharding)
-
-    def selected_logits(perturbation):
-        logits, features = apply_fn(images, perturbation)
-        chosen = jax.lax.stop_gradient(_resolve_targets(targets, logits))
-        # A scalar objective: its cotangent is 1.0, whatever the logits' sharding.
-        total = jnp.sum(logits * _one_hot(chosen, logits.shape[-1], logits.dtype))
-        return total, (logits, features, chosen)
-
-    _, vjp_fn, (logits, features, chosen) = jax.vjp(selected_logits, zeros, has_aux=True)
-    (grads,) = vjp_fn(jnp.ones((), logits.dtype))
-    return logits, features, grads, chosen
+def first_principal_component(features: Array) -> Array:
+    """(B, h, w) projection of the position-centred features on their first right singular
+    vector, oriented so the vector's entries sum to >= 0 (module docstring)."""
+    batch, height, width, num_channels = features.shape
+    x = features.reshape(batch, height * width, num_channels).astype(jnp.float32)
+    x = x - jnp.mean(x, axis=1, keepdims=True)
+    _, _, vt = jnp.linalg.svd(x, full_matrices=False)
+    v = vt[:, 0, :]  # (B, K)
+    v = jnp.where(jnp.sum(v, axis=-1, keepdims=True) < 0, -v, v)
+    projection = jnp.einsum("bpk,bk->bp", x, v, precision=HIGHEST)
+    return projection.reshape(batch, height, width)
 
 
-def grad_cam_from_gradients(features: Array, grads: Array) -> Array:
-    """Grad-CAM: channel weights = spatial mean of the gradients; ReLU of the weighted sum."""
-    return jax.nn.relu(_weighted_sum(features, jnp.mean(grads, axis=(1, 2))))
+def eigen_cam_from_features(features: Array) -> Array:
+    """EigenCAM: ``relu`` of `first_principal_component` (B, h, w)."""
+    return jax.nn.relu(first_principal_component(features))
 
 
-def grad_cam_pp_from_gradients(features: Array, grads: Array, eps: float = 1e-6) -> Array:
-    """Grad-CAM++ (pytorch-grad-cam's eq. 19 form).
-
-    ``alpha = g^2 / (2 g^2 + sum_hw(A) g^3 + eps)``, zero where ``g == 0``;
-    weights = ``sum_hw(relu(g) * alpha)``; ReLU of the weighted sum.
-    """
-    g2 = grads * grads
-    g3 = g2 * grads
-    sum_activations = jnp.sum(features, axis=(1, 2), keepdims=True)
-    alpha = g2 / (2.0 * g2 + sum_activations * g3 + eps)
-    alpha = jnp.where(grads != 0, alpha, 0.0)
-    weights = jnp.sum(jax.nn.relu(grads) * alpha, axis=(1, 2))
-    return jax.nn.relu(_weighted_sum(features, weights))
-
-
-def layer_cam_from_gradients(features: Array, grads: Array) -> Array:
-    """LayerCAM: ``relu(sum_k relu(g_k) * A_k)``, a per-location weighting."""
-    return jax.nn.relu(jnp.sum(jax.nn.relu(grads) * features, axis=-1))
-
-
-def gradient_method(weighting: Callable[[Array, Array], Array], doc: str) -> Callable:
-    """``method(apply_fn, images, targets=None) -> maps (B, h, w)``: one forward + one VJP, then
-    ``weighting(features, grads)`` (each gradient-based CAM differs only in that weighting)."""
-
-    def method(apply_fn: ApplyFn, images: Array, targets: Array | None = None) -> Array:
-        _, features, grads, _ = forward_and_gradients(apply_fn, images, targets)
-        return weighting(features, grads)
-
-    method.__doc__ = doc + " Maps (B, h, w); targets None = predicted class."
-    method.__name__ = method.__qualname__ = weighting.__name__.replace("_from_gradients", "")
-    return method
-
-
-grad_cam = gradient_method(grad_cam_from_gradients, "Grad-CAM (Selvaraju et al. 2017).")
-grad_cam_pp = gradient_method(grad_cam_pp_from_gradients, "Grad-CAM++ (Chattopadhyay et al. 2018).")
-layer_cam = gradient_method(layer_cam_from_gradients, "LayerCAM (Jiang et al. 2021).")
-
-
-# ---------------------------------------------------------------------------------------------
-# Score-CAM: one masked forward per channel, channels in chunks (no Python loop over K).
-
-
-def score_cam_weights(apply_fn: ApplyFn, images: Array, features: Array, targets: Array,
-                      chunk: int = 32, channel_softmax: bool = True) -> Array:
-    """Score-CAM channel weights (B, K).
-
-    For each channel k: upsample ``h_k`` to the image (align_corners, as torch's
-    UpsamplingBilinear2d), min-max it per image (eps 1e-8), forward ``image * mask`` and
-    read the target's logit. Default (pytorch-grad-cam 1.5.7): softmax of those logits over
-    the channels. ``channel_softmax=False``: the target's softmax probability over the
-    classes instead (the Score-CAM paper's confidence), used as is.
-
-    Channels go in chunks of ``chunk`` through ``jax.lax.map``; each chunk is one batched
-    forward of ``B * chunk`` images (memory grows with it). K is zero-padded to a multiple
-    of ``chunk`` and the padded channels dropped.
-    """
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
-    batch, height, width = images.shape[:3]
-    num_channels = features.shape[-1]
-    chunk = min(chunk, num_channels)
-    num_chunks = -(-num_channels // chunk)
-    padded = jnp.pad(features, [(0, 0)] * 3 + [(0, num_chunks * chunk - num_channels)])
-    # (num_chunks, B, h, w, chunk): lax.map runs one chunk of channels at a time.
-    chunks = jnp.moveaxis(padded.reshape(*padded.shape[:3], num_chunks, chunk), 3, 0)
-
-    def chunk_scores(feature_chunk):
-        masks = geometry.resize_spatial(feature_chunk, height, width, align_corners=True)  # (B, H, W, c)
-        lo = jnp.min(masks, axis=(1, 2), keepdims=True)
-        hi = jnp.max(masks, axis=(1, 2), keepdims=True)
-        masks = (masks - lo) / (hi - lo + 1e-8)
-        masked = images[:, None] * jnp.moveaxis(masks, 3, 1)[..., None]  # (B, c, H, W, Cin)
-        logits, _ = apply_fn(masked.reshape(batch * chunk, *images.shape[1:]))
-        logits = logits.reshape(batch, chunk, -1)
-        values = logits if channel_softmax else jax.nn.softmax(logits, axis=-1)
-        selector = _one_hot(targets, logits.shape[-1], logits.dtype)
-        return jnp.einsum("bcn,bn->bc", values, selector, precision=_HIGHEST)  # (B, c)
-
-    scores = jax.lax.map(chunk_scores, chunks)  # (num_chunks, B, c)
-    scores = jnp.moveaxis(scores, 0, 1).reshape(batch, num_chunks * chunk)[:, :num_channels]
-    return jax.nn.softmax(scores, axis=-1) if channel_softmax else scores
-
-
-def score_cam(apply_fn: ApplyFn, images: Array, targets: Array | None = None, chunk: int = 32,
-              channel_softmax: bool = True) -> Array:
-    """Score-CAM (Wang et al. 2020) maps (B, h, w): ``relu(sum_k w_k h_k)``, weights from
-    `score_cam_weights`; targets None = predicted class on the unmasked images."""
-    logits, features = apply_fn(images)
-    targets = _resolve_targets(targets, logits)
-    weights = score_cam_weights(apply_fn, images, features, targets, chunk, channel_softmax)
-    return jax.nn.relu(_weighted_sum(features, weights))
+def eigen_cam(apply_fn: ApplyFn, images: Array, targets: Array | None = None) -> Array:
+    """EigenCAM maps (B, h, w); ``targets`` is ignored (the method has no class)."""
+    del targets
+    _, features = apply_fn(images)
+    return eigen_cam_from_features(features)

@@ -12,7 +12,8 @@ import jax
 import numpy as np
 
 from pcam_jax.maps import registry
-from pcam_jax.maps.cams import ApplyFn, Array, _resolve_targets, forward_and_gradients
+from pcam_jax.maps.cams import ApplyFn, Array, resolve_targets
+from pcam_jax.maps.gradient_cams import forward_and_gradients
 
 
 def all_maps(apply_fn: ApplyFn, weights: Array, images: Array, targets: Array | None = None,
@@ -44,7 +45,7 @@ def maps_and_logits(apply_fn: ApplyFn, weights: Array, images: Array, targets: A
         logits, features, grads, targets = forward_and_gradients(apply_fn, images, targets)
     else:
         logits, features = apply_fn(images)
-        targets, grads = _resolve_targets(targets, logits), None
+        targets, grads = resolve_targets(targets, logits), None
     inputs = registry.Inputs(apply_fn, weights, images, logits, features, targets, grads, chunk, head_fn, segment_fn)
     return logits, {e.name: e.fn(inputs) for e in entries}
 

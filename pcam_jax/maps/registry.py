@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import jax
 
-from pcam_jax.maps import cams, more_cams, pixel_attribution
+from pcam_jax.maps import cams, gradient_cams, perturbation_cams, pixel_attribution
 
 Array = jax.Array
 DECODER = "decoder"                # stage 3's FCN lesion map, made by the model itself
@@ -83,7 +83,7 @@ class MapMethod:
 
 def _weighted(channel_weights: Callable[[Inputs], Array]) -> Callable[[Inputs], Array]:
     """A CAM that is ``relu(sum_k w_k A_k)`` for per-image channel weights (B, K)."""
-    return lambda i: jax.nn.relu(cams._weighted_sum(i.features, channel_weights(i)))
+    return lambda i: jax.nn.relu(cams.weighted_sum(i.features, channel_weights(i)))
 
 
 def _decoder(i: Inputs) -> Array:
@@ -97,21 +97,21 @@ _ENTRIES = (
     MapMethod("cam", "CAM", lambda i: cams.cam(i.features, i.weights, i.targets), in_figure2=True, in_paper=True),
     MapMethod("positive_cam", "positive CAM", lambda i: cams.positive_cam(i.features, i.weights, i.targets),
               in_figure2=True, in_paper=True),
-    MapMethod("grad_cam", "Grad-CAM", lambda i: cams.grad_cam_from_gradients(i.features, i.grads),
+    MapMethod("grad_cam", "Grad-CAM", lambda i: gradient_cams.grad_cam_from_gradients(i.features, i.grads),
               uses_gradients=True, in_figure2=True),
-    MapMethod("grad_cam_pp", "Grad-CAM++", lambda i: cams.grad_cam_pp_from_gradients(i.features, i.grads),
+    MapMethod("grad_cam_pp", "Grad-CAM++", lambda i: gradient_cams.grad_cam_pp_from_gradients(i.features, i.grads),
               uses_gradients=True),
-    MapMethod("layer_cam", "LayerCAM", lambda i: cams.layer_cam_from_gradients(i.features, i.grads),
+    MapMethod("layer_cam", "LayerCAM", lambda i: gradient_cams.layer_cam_from_gradients(i.features, i.grads),
               uses_gradients=True),
     MapMethod("score_cam", "Score-CAM", _weighted(
-        lambda i: cams.score_cam_weights(i.apply_fn, i.images, i.features, i.targets, i.chunk))),
-    MapMethod("hires_cam", "HiResCAM", lambda i: more_cams.hires_cam_from_gradients(i.features, i.grads),
+        lambda i: perturbation_cams.score_cam_weights(i.apply_fn, i.images, i.features, i.targets, i.chunk))),
+    MapMethod("hires_cam", "HiResCAM", lambda i: gradient_cams.hires_cam_from_gradients(i.features, i.grads),
               uses_gradients=True),
-    MapMethod("xgrad_cam", "XGradCAM", lambda i: more_cams.xgrad_cam_from_gradients(i.features, i.grads),
+    MapMethod("xgrad_cam", "XGradCAM", lambda i: gradient_cams.xgrad_cam_from_gradients(i.features, i.grads),
               uses_gradients=True),
-    MapMethod("ablation_cam", "AblationCAM", _weighted(lambda i: more_cams.ablation_cam_weights(
+    MapMethod("ablation_cam", "AblationCAM", _weighted(lambda i: perturbation_cams.ablation_cam_weights(
         i.apply_fn, i.images, i.features, i.logits, i.targets, i.chunk, i.head_fn))),
-    MapMethod("eigen_cam", "EigenCAM", lambda i: more_cams.eigen_cam_from_features(i.features)),
+    MapMethod("eigen_cam", "EigenCAM", lambda i: cams.eigen_cam_from_features(i.features)),
     MapMethod("integrated_gradients", "Integrated Gradients", lambda i: pixel_attribution.saliency_map(
         pixel_attribution.integrated_gradients(i.target_logit(), i.images, 0.0, PIXEL_STEPS, i.chunk)),
         family="pixel"),

@@ -1,5 +1,9 @@
 """One loop for all stages: data, jitted steps on a mesh, evaluation, checkpoints, logs.
 
+The loop alone: its batches come from a `pcam_jax.data.source.DataSource`, its starting state
+from `pcam_jax.training.state.initial_state`, its model selection from
+`pcam_jax.training.selection`.
+
 `train_and_evaluate(config, workdir, stages=(1, 2, 3))` runs the stages in order. What differs
 between stages (losses, starting point, frozen parts, the labelled stream) is read from
 `pcam_jax.training.stages`. For each stage:
@@ -28,201 +32,21 @@ between stages (losses, starting point, frozen parts, the labelled stream) is re
 
 from __future__ import annotations
 
-import collections
 import time
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Callable, Iterable
 
 import jax
 import numpy as np
 
 from pcam_jax import configs, models
 from pcam_jax.errors import DivergenceError, Interrupted, NonFiniteLossError
-from pcam_jax.data import DEVICE_KEYS, clinician_labels, resolve_data_dir
-from pcam_jax.metrics.classification import classification_metrics
+from pcam_jax.data import clinician_labels
+from pcam_jax.data.source import DataSource, PipelineData
 from pcam_jax.training import checkpointing, guards, mesh as mesh_lib, reporting, stages as stages_lib
-from pcam_jax.training import state as state_lib, steps
+from pcam_jax.training import selection, state as state_lib, steps
+from pcam_jax.training.mesh import prefetch_to_device
 
-# What `jax_disable_most_optimizations` sets, for programs that run once.
-_RUN_ONCE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 NUM_IMAGE_SUMMARIES = 4
-
-
-class DataSource(Protocol):
-    """Where the loop's batches come from (numpy dicts per `pcam_jax.data`, per process)."""
-
-    steps_per_epoch: int   # whole batches per epoch of the train split
-
-    def train_batches(self, *, seed: int, start_step: int) -> Iterator[dict]: ...
-    def eval_batches(self) -> Iterable[dict]: ...
-    def labelled_batches(self, *, seed: int, start_step: int) -> Iterator[dict]: ...
-
-
-class PipelineData:
-    """`DataSource` over the TFDS datasets through `pcam_jax.data.pipeline`."""
-
-    def __init__(self, config, data_dir: str | None = None):
-        from pcam_jax.data import pipeline
-
-        self._pipeline, self._config = pipeline, config
-        self._data_dir = resolve_data_dir(config, data_dir)
-        self._process = dict(process_index=jax.process_index(), process_count=jax.process_count())
-        self._records = {}
-        self.steps_per_epoch = pipeline.steps_per_epoch(
-            config, pipeline.num_examples(config, "train", self._data_dir), jax.process_count())
-
-    def _split(self, split: str):
-        if split not in self._records:
-            records = self._pipeline.load_records(self._config, split, self._data_dir)
-            if split == "train":  # clinician lesion labels (config.stage3.lesion_labels) join by path
-                records = clinician_labels.training_records(self._config, records, self._split("model_selection"))
-            self._records[split] = records
-        return self._records[split]
-
-    def uint8_split(self, split: str, *, progress: bool = False):
-        """The split as uint8 at training size (`pcam_jax.data.uint8_cache.SplitCache`), built
-        from the records this source trains on when absent or stale (``data.augment_on="device"``
-        reads it; ``pcam-jax prepare`` builds it ahead)."""
-        from pcam_jax.data import uint8_cache
-
-        return uint8_cache.open_or_build(
-            self._config, split, self._data_dir, lambda: self._split(split),
-            self._pipeline.num_examples(self._config, split, self._data_dir), progress=progress)
-
-    def _uint8(self, split: str):
-        from pcam_jax.data import uint8_cache
-
-        return uint8_cache, self.uint8_split(split)
-
-    def _train_stream(self, stream: str, seed: int, start_step: int):
-        """``train_batches`` or ``labelled_batches`` of the train split: from the uint8 cache
-        (augmented on the device) or through the tf.data pipeline (augmented on the host)."""
-        if self._config.data.augment_on == "device":
-            source, records = self._uint8("train")
-        else:
-            source, records = self._pipeline, self._split("train")
-        return getattr(source, stream)(self._config, records, seed=seed, start_step=start_step, **self._process)
-
-    def train_batches(self, *, seed, start_step):
-        return self._train_stream("train_batches", seed, start_step)
-
-    def eval_batches(self):
-        return self._pipeline.eval_batches(self._config, self._split("model_selection"), **self._process)
-
-    def labelled_batches(self, *, seed, start_step):
-        return self._train_stream("labelled_batches", seed, start_step)
-
-
-def prefetch_to_device(batches: Iterable[dict], mesh, depth: int = 2) -> Iterator[tuple[dict, dict]]:
-    """``(device_batch, host_batch)`` pairs, keeping ``depth`` batches already sent to the devices.
-
-    `jax.device_put` is asynchronous, so the transfer of batch ``i + 1`` overlaps step ``i``.
-    Only `DEVICE_KEYS` go to the devices; strings stay in ``host_batch``.
-    """
-    queue = collections.deque()
-    for host in batches:
-        queue.append((mesh_lib.shard_batch({k: host[k] for k in DEVICE_KEYS if k in host}, mesh), host))
-        if len(queue) >= max(depth, 1):
-            yield queue.popleft()
-    while queue:
-        yield queue.popleft()
-
-
-def _to_host(x: jax.Array) -> np.ndarray:
-    if jax.process_count() == 1:
-        return np.asarray(x)
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def evaluate(eval_step: Callable, state: dict, batches: Iterable[dict], mesh) -> dict[str, float]:
-    """Image-level classification metrics over every valid example of ``batches``."""
-    probs, labels, valid = [], [], []
-    for device_batch, _ in prefetch_to_device(batches, mesh):
-        out = eval_step(state, device_batch)
-        probs.append(out["probs"])
-        labels.append(device_batch["label"])
-        valid.append(device_batch["valid"])
-    if not probs:
-        raise ValueError("the model-selection split gave no batches: it is empty")
-    keep = np.concatenate([_to_host(v) for v in valid]).astype(bool)
-    p = np.concatenate([_to_host(x) for x in probs])[keep]
-    y = np.concatenate([_to_host(x) for x in labels])[keep]
-    metrics = classification_metrics(p, y)
-    # Scalars only (the counts and the reason an AUROC is undefined stay out of the logs).
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
-
-
-def _host_confidence(state: dict) -> dict[str, float]:
-    return {k: float(np.asarray(v.addressable_data(0))) for k, v in state["confidence"].items()}
-
-
-def _local_variables(state: dict) -> dict:
-    """Params and batch stats on this process's first device (for maps on process 0 only)."""
-    device = jax.local_devices()[0]
-    pick = lambda x: jax.device_put(x.addressable_data(0), device)
-    return {"params": jax.tree.map(pick, state["params"]), "batch_stats": jax.tree.map(pick, state["batch_stats"])}
-
-
-def _state_factory(config, model, *, carried_parts: tuple[str, ...] = ()):
-    """``create(rng, previous) -> state``: fresh, or ``previous``'s ``carried_parts`` and a fresh rest."""
-    image_size = int(config.data.image_size)
-
-    def create(rng, previous):
-        if not carried_parts:
-            return state_lib.create_train_state(config, model, rng)
-        fresh = models.init_variables(model, rng, image_size)
-        variables = state_lib.carry_over(previous, fresh, parts=carried_parts)
-        return state_lib.create_train_state(config, model, rng, init_params=variables)
-
-    return create
-
-
-def initial_state(stage: int, config, model, rng: jax.Array, workdir, mesh=None) -> dict:
-    """The state a stage starts from, created by one jitted function (replicated over ``mesh``).
-
-    A stage with a source (`Stage.source`: stage 2 with ``init_from="stage1"``, stage 3) reads
-    that stage's best checkpoint (by ``train.best_metric``; its latest when none has metrics)
-    and takes its carried parts, encoder and head, with their batch statistics; the decoder
-    and the optimizer are fresh.
-    """
-    spec = stages_lib.get(stage)
-    source = spec.source(config)
-    previous = None
-    if source is not None:
-        previous_dir = checkpointing.stage_directory(workdir, source)
-        if not previous_dir.is_dir():
-            raise checkpointing.CheckpointError(
-                f"stage {stage} starts from stage {source}, but {previous_dir} holds no checkpoint: "
-                f"train stage {source} first (--stages {source},{stage})")
-        previous_run = checkpointing.StageCheckpoints.from_config(workdir, source, config)
-        try:
-            sharding = (mesh_lib.replicated(mesh) if mesh is not None
-                        else jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-            _, previous, _ = checkpointing.intact_variables(previous_run, "best", sharding)
-        finally:
-            previous_run.close()
-    create = _state_factory(config, model, carried_parts=spec.carried_parts if source is not None else ())
-    out_shardings = mesh_lib.replicated(mesh) if mesh is not None else None
-    # Runs once: compiled without XLA's expensive passes (on CPU the random initialisers take
-    # seconds instead of tens of seconds to compile; values agree to float rounding).
-    lowered = jax.jit(create, out_shardings=out_shardings).lower(rng, previous)
-    return lowered.compile(compiler_options=_RUN_ONCE_COMPILER_OPTIONS)(rng, previous)
-
-
-def abstract_state(config, model, mesh) -> dict:
-    """Shapes, dtypes and (replicated) shardings of a stage's state, without computing it."""
-    shapes = jax.eval_shape(_state_factory(config, model), jax.random.key(0), None)
-    sharding = mesh_lib.replicated(mesh)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
-
-
-@jax.jit
-def _params_norm(params) -> jax.Array:
-    """Global L2 norm of a parameter tree (the divergence guard's second signal)."""
-    return jax.numpy.sqrt(sum(jax.numpy.sum(jax.numpy.square(x.astype(jax.numpy.float32)))
-                              for x in jax.tree.leaves(params)))
 
 
 def _stage_seed(config, stage: int) -> int:
@@ -251,7 +75,7 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
             saved = checkpoints.read_meta(step)
             saved_config = configs.to_json_dict(configs.complete(saved["config"]))  # a field it predates: its old value
             checkpointing.check_compatible(saved_config, config_json, stage, checkpoints.directory)
-            return checkpoints.restore(abstract_state(config, model, mesh), step)
+            return checkpoints.restore(state_lib.abstract_state(config, model, mesh), step)
 
         # The newest checkpoint that restores (each one that does not is moved aside).
         latest, restored = checkpoints.first_intact(checkpoints.latest_step, restore_checked)
@@ -266,7 +90,7 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
         rng = jax.random.fold_in(jax.random.key(int(config.seed)), stage)
         start = 0
         if latest is None:
-            state = initial_state(stage, config, model, rng, workdir, mesh)
+            state = state_lib.initial_state(stage, config, model, rng, workdir, mesh)
         else:
             start = int(saved["data_position"])
             reporter.message(f"stage {stage}: resuming from step {start} ({checkpoints.directory})")
@@ -282,7 +106,7 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
 
         pending: list[tuple[int, dict]] = []   # (step, device metrics) not yet checked
         guard = guards.DivergenceGuard.from_config(config.train)
-        guard.check_norm(float(_params_norm(state["params"])))   # the reference: the starting norm
+        guard.check_norm(float(state_lib.params_norm(state["params"])))   # the reference: the starting norm
         last_saved = start
         last_eval = None
         interval_start, interval_steps = time.perf_counter(), 0
@@ -298,7 +122,7 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
                     raise NonFiniteLossError(stage, step, checkpoints.latest_step(), checkpoints.directory)
                 reason = guard.update(step, float(values["loss"]))
                 if reason is None and step == pending[-1][0]:
-                    reason = guard.check_norm(float(_params_norm(state["params"])))
+                    reason = guard.check_norm(float(state_lib.params_norm(state["params"])))
                 if reason is not None:
                     checkpoints.wait()
                     raise DivergenceError(stage, step, checkpoints.latest_step(), checkpoints.directory, reason)
@@ -308,7 +132,7 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
         def save(done: int, metrics: dict | None) -> None:
             nonlocal last_saved
             last_saved = done
-            confidence = _host_confidence(state)
+            confidence = state_lib.host_confidence(state)
             meta = {"stage": stage, "step": done, "epoch": done // steps_per_epoch, "steps_per_epoch": steps_per_epoch,
                     "total_steps": total_steps, "data_position": done, "labelled_position": done if spec.needs_labelled else 0,
                     "confidence": confidence, "eval": metrics, "config": config_json}
@@ -331,10 +155,10 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
                 interval_start, interval_steps = time.perf_counter(), 0
             if reporter.enabled and image_every > 0 and done % image_every == 0:
                 images = np.asarray(host_batch["image"][:NUM_IMAGE_SUMMARIES], np.float32)
-                maps = jax.device_get(maps_fn(_local_variables(state), images))
+                maps = jax.device_get(maps_fn(state_lib.local_variables(state), images))
                 reporter.log_images(done, images, maps)
             if epoch_end:
-                last_eval = evaluate(eval_step, state, data.eval_batches(), mesh)
+                last_eval = selection.evaluate(eval_step, state, data.eval_batches(), mesh)
                 # The "validation" confidence source: P = the last model-selection accuracy.
                 state = {**state, "confidence": {**state["confidence"], "val_accuracy": mesh_lib.replicate(
                     np.float32(last_eval["accuracy"]), mesh)}}

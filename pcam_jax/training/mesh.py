@@ -6,9 +6,10 @@ slice of the global batch (`shard_batch`), after `maybe_initialize_distributed`.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -172,3 +173,18 @@ def jit_train_step(train_step: Callable, mesh: Mesh, state: Any) -> Callable:
 
     step.jitted = jitted
     return step
+
+
+def prefetch_to_device(batches: Iterable[dict], mesh, depth: int = 2) -> Iterator[tuple[dict, dict]]:
+    """``(device_batch, host_batch)`` pairs, keeping ``depth`` batches already sent to the devices.
+
+    `jax.device_put` is asynchronous, so the transfer of batch ``i + 1`` overlaps step ``i``.
+    Only `DEVICE_KEYS` go to the devices; strings stay in ``host_batch``.
+    """
+    queue = collections.deque()
+    for host in batches:
+        queue.append((shard_batch({k: host[k] for k in DEVICE_KEYS if k in host}, mesh), host))
+        if len(queue) >= max(depth, 1):
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()

@@ -17,6 +17,9 @@ gradient is zero, which leaves Adam's moments at zero and its update at exactly 
 decay would still shrink it, so `make_optimizer(config, frozen_parts=("decoder",))` appends a
 stateless transform that zeros the frozen parts' updates. Being stateless, it does not change
 the optimizer-state structure (which an ``optax.multi_transform`` would).
+
+`initial_state` creates a stage's starting state (fresh, or carried over from its source
+stage's best checkpoint) in one jitted function; `abstract_state` its shapes for a restore.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from pcam_jax.models import PCAMNet, init_variables
+from pcam_jax.training import checkpointing, mesh as mesh_lib, stages as stages_lib
 
 PARTS = ("encoder", "head", "decoder")
 OPTIMIZERS = ("adam", "adamw")
@@ -159,3 +164,80 @@ def update_accuracy_ema(accuracy_ema: jax.Array, batch_accuracy: jax.Array, step
     t = step.astype(jnp.float32) + 1.0
     weight = (1.0 - decay) / (1.0 - decay ** t)
     return accuracy_ema + weight * (batch_accuracy - accuracy_ema)
+
+
+# --- the state a stage starts from (created once, replicated over the mesh) ---------------------
+
+# What `jax_disable_most_optimizations` sets, for programs that run once.
+_RUN_ONCE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def host_confidence(state: dict) -> dict[str, float]:
+    return {k: float(np.asarray(v.addressable_data(0))) for k, v in state["confidence"].items()}
+
+
+def local_variables(state: dict) -> dict:
+    """Params and batch stats on this process's first device (for maps on process 0 only)."""
+    device = jax.local_devices()[0]
+    pick = lambda x: jax.device_put(x.addressable_data(0), device)
+    return {"params": jax.tree.map(pick, state["params"]), "batch_stats": jax.tree.map(pick, state["batch_stats"])}
+
+
+def state_factory(config, model, *, carried_parts: tuple[str, ...] = ()):
+    """``create(rng, previous) -> state``: fresh, or ``previous``'s ``carried_parts`` and a fresh rest."""
+    image_size = int(config.data.image_size)
+
+    def create(rng, previous):
+        if not carried_parts:
+            return create_train_state(config, model, rng)
+        fresh = init_variables(model, rng, image_size)
+        variables = carry_over(previous, fresh, parts=carried_parts)
+        return create_train_state(config, model, rng, init_params=variables)
+
+    return create
+
+
+def initial_state(stage: int, config, model, rng: jax.Array, workdir, mesh=None) -> dict:
+    """The state a stage starts from, created by one jitted function (replicated over ``mesh``).
+
+    A stage with a source (`Stage.source`: stage 2 with ``init_from="stage1"``, stage 3) reads
+    that stage's best checkpoint (by ``train.best_metric``; its latest when none has metrics)
+    and takes its carried parts, encoder and head, with their batch statistics; the decoder
+    and the optimizer are fresh.
+    """
+    spec = stages_lib.get(stage)
+    source = spec.source(config)
+    previous = None
+    if source is not None:
+        previous_dir = checkpointing.stage_directory(workdir, source)
+        if not previous_dir.is_dir():
+            raise checkpointing.CheckpointError(
+                f"stage {stage} starts from stage {source}, but {previous_dir} holds no checkpoint: "
+                f"train stage {source} first (--stages {source},{stage})")
+        previous_run = checkpointing.StageCheckpoints.from_config(workdir, source, config)
+        try:
+            sharding = (mesh_lib.replicated(mesh) if mesh is not None
+                        else jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+            _, previous, _ = checkpointing.intact_variables(previous_run, "best", sharding)
+        finally:
+            previous_run.close()
+    create = state_factory(config, model, carried_parts=spec.carried_parts if source is not None else ())
+    out_shardings = mesh_lib.replicated(mesh) if mesh is not None else None
+    # Runs once: compiled without XLA's expensive passes (on CPU the random initialisers take
+    # seconds instead of tens of seconds to compile; values agree to float rounding).
+    lowered = jax.jit(create, out_shardings=out_shardings).lower(rng, previous)
+    return lowered.compile(compiler_options=_RUN_ONCE_COMPILER_OPTIONS)(rng, previous)
+
+
+def abstract_state(config, model, mesh) -> dict:
+    """Shapes, dtypes and (replicated) shardings of a stage's state, without computing it."""
+    shapes = jax.eval_shape(state_factory(config, model), jax.random.key(0), None)
+    sharding = mesh_lib.replicated(mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+@jax.jit
+def params_norm(params) -> jax.Array:
+    """Global L2 norm of a parameter tree (the divergence guard's second signal)."""
+    return jax.numpy.sqrt(sum(jax.numpy.sum(jax.numpy.square(x.astype(jax.numpy.float32)))
+                              for x in jax.tree.leaves(params)))
