@@ -2,8 +2,9 @@
 
 `evaluate_workdir(workdir)` restores each trained stage (config from the checkpoint), runs
 the test split once, and writes to ``<workdir>/eval/``: metrics.json, report.md,
-figure2.png, pr_curves.png and confusion_matrix.png. Map methods scored per stage are the
-stage's ``map_methods`` (`pcam_jax.training.stages`):
+figure2.png, pr_curves.png and confusion_matrix.png. The sections are the evaluators
+``config.eval.evaluators`` names (`pcam_jax.evaluation.evaluators`). Map methods scored per stage
+are the stage's ``map_methods`` (`pcam_jax.training.stages`):
 
     stage1/{cam, positive_cam, grad_cam, grad_cam_pp, layer_cam, score_cam}
     stage2/positive_cam            (the learnt attention map)
@@ -28,39 +29,12 @@ import numpy as np
 from pcam_jax.run import analysis
 from pcam_jax import maps as maps_lib
 from pcam_jax.data import resolve_data_dir
-from pcam_jax.evaluation import by_body_part, figures, report, shortcuts, trust
-from pcam_jax.metrics import classification, localisation
+from pcam_jax.evaluation import evaluators, report, shortcuts
 from pcam_jax.training import checkpointing, stages as stages_lib
 
 
 
-def figure2_columns(stage_methods: dict[int, tuple[str, ...]]) -> dict[str, str]:
-    """{"stageN/method": column title} of Figure 2 (the paper's, done properly: image, mask, then
-    maps): each stage's own map under its `Stage.figure_title`, or, for stage 1, every Figure-2
-    map of the registry under its own title."""
-    columns = {}
-    for stage, methods in stage_methods.items():
-        title = stages_lib.get(stage).figure_title
-        if title is None:
-            columns.update({f"stage{stage}/{m}": maps_lib.registry.title(m) for m in methods
-                            if maps_lib.registry.get(m).in_figure2})
-        elif methods:
-            columns[f"stage{stage}/{methods[0]}"] = title
-    return columns
 TEST_SPLIT = {"synthetic": "test", "mura": "valid"}
-SHORTCUT_NOTE = ("Counterfactual renders of `eval.shortcut_limbs` held-out synthetic limbs, each drawn with and "
-                 "without lesions and with the side marker and the hardware forced on and off "
-                 "(`pcam_jax/evaluation/shortcuts.py`). Lesion AUROC compares a limb's lesion and lesion-free "
-                 "versions within the same confounder cell (0.5: the lesion plays no part); a confounder's "
-                 "effect is the mean change of P(abnormal) when only it is switched on, on normal limbs, and "
-                 "its AUROC on vs off; the arg-max shares say where the map's peak lands (masks grown by the "
-                 "pointing-game tolerance).")
-TRUST_NOTE = ("Faithfulness on the first `eval.trust_images` test images with a lesion, every map for the "
-              "abnormal class: deletion (pixels set to 0 most relevant first) and insertion (pixels restored "
-              "on a blurred image) AUCs of P(abnormal), ROAD with noisy linear imputation, average drop / "
-              "increase of P(abnormal) on the image times the map (Chattopadhyay et al.). Sanity "
-              "(Adebayo et al.): mean SSIM of the map to the trained model's once the head and every "
-              "encoder block are re-initialised (pass: < 0.5), and of the other class's map to this one's.")
 THRESHOLD_SPLIT = {"synthetic": "heldout_labelled"}
 
 
@@ -140,48 +114,6 @@ def _labelled_splits(runs, config, split: str, data_dir, figure_rows: int, metho
     return test, held, threshold_split
 
 
-def _classification(test: dict, config) -> dict:
-    result = {}
-    for stage, probs in test["probs"].items():
-        entry = {"image": classification.classification_metrics(probs, test["labels"])}
-        studies = test["study_id"].astype(str)
-        if len(np.unique(studies)) < len(studies):  # MURA: several images per study
-            entry["study"] = classification.study_metrics(probs, studies, test["labels"])
-        groups = test["body_part"].astype(str)
-        if len(np.unique(groups)) > 1:
-            entry["per_group"] = classification.per_group_metrics(probs, test["labels"], groups, studies)
-        result[f"stage{stage}"] = entry
-    return result
-
-
-def _trust(metrics: dict, runs, test: dict, config, out_dir: pathlib.Path, stage_methods: dict) -> None:
-    """Faithfulness and sanity figures of every stage's maps, and the randomisation figure."""
-    result = trust.trust_report(runs, test, stage_methods, config)
-    cascade = result.pop("_cascade", None)
-    metrics["trust"] = result
-    if cascade:
-        method = "positive_cam" if "positive_cam" in cascade["maps"] else next(iter(cascade["maps"]))
-        fig = figures.cascade_figure(cascade["images"], cascade["maps"][method], cascade["steps"],
-                                     method=f"stage{cascade['stage']} {method}")
-        fig.savefig(out_dir / "randomisation_cascade.png", dpi=90, bbox_inches="tight")
-        metrics["figures"]["randomisation_cascade"] = "randomisation_cascade.png"
-
-
-def _shortcuts(runs, config, stage_methods: dict) -> dict[str, dict]:
-    """{stage name: `shortcuts.shortcut_report`} on the same counterfactual renders (synthetic only)."""
-    rendered = shortcuts.render_counterfactuals(config.synthetic, int(config.eval.shortcut_limbs))
-    tolerance = localisation.pointing_tolerance(int(config.data.image_size), config.eval.pointing_tolerance)
-    out = {}
-    for stage, run in runs.items():
-        # Cheap maps only (Figure 2's: one forward, at most one VJP): Score-CAM and AblationCAM on
-        # 8 x shortcut_limbs renders would cost more than the rest of the evaluation.
-        methods = tuple(m for m in maps_lib.FIGURE2_METHODS if m in stage_methods[stage])
-        maps_fn = lambda x, run=run, methods=methods: {m: run.maps(x, method=m) for m in methods}
-        out[f"stage{stage}"] = shortcuts.shortcut_report(run.predict, maps_fn, config.synthetic,
-                                                         tolerance=tolerance, rendered=rendered)
-    return out
-
-
 def _to_json(value):
     if isinstance(value, dict):
         return {str(k): _to_json(v) for k, v in value.items()}
@@ -231,71 +163,25 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
     n_figure = int(config.eval.num_figure_images)
     n_trust = int(config.eval.trust_images)
     methods = {s: tuple((methods or {}).get(s, stages_lib.get(s).map_methods)) for s in stages}
+    chosen = evaluators.chosen(config)
     test, held, threshold_split = _labelled_splits(runs, config, split, data_dir, max(n_figure, n_trust), methods)
-    metrics: dict[str, Any] = {
+    ev = evaluators.Evaluation(runs, config, test, held, threshold_split, methods, out_dir, metrics={
         "split": split, "dataset": dataset, "workdir": str(workdir),
-        "checkpoint_steps": {f"stage{s}": r.step for s, r in runs.items()},
-        "classification": _classification(test, config),
-    }
-
-    if len(test["masks"]):  # _collect keeps only images with a lesion
-        loc, curves = {}, {}
-        tolerance = localisation.pointing_tolerance(int(config.data.image_size), config.eval.pointing_tolerance)
-        for name, maps in test["maps"].items():
-            if held is not None and held["masks"].any():
-                tau = localisation.choose_threshold(held["maps"][name], held["masks"])
-                tau_source = threshold_split
-            else:
-                tau, tau_source = 0.5, "default (no held-out labelled split)"
-            loc[name] = localisation.localisation_metrics(
-                maps, test["masks"], tau=tau, tolerance=tolerance)
-            loc[name]["n_excluded"] += test["n_empty_masks"]
-            loc[name]["tau_chosen_on"] = tau_source
-            precision, recall, _ = localisation.pixel_precision_recall(maps, test["masks"])
-            curves[name] = (precision, recall)
-        metrics["localisation"] = loc
-        if len(np.unique(test["mask_body_part"])) > 1:  # MURA, folders: localisation per body part
-            metrics["localisation_per_group"] = by_body_part.localisation_per_group(
-                test["maps"], test["masks"], test["mask_body_part"], {n: loc[n]["tau"] for n in loc},
-                float(config.eval.pointing_tolerance))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        figures.pr_curves(curves).savefig(out_dir / "pr_curves.png", dpi=110, bbox_inches="tight")
-        metrics.setdefault("figures", {})["pr_curves"] = "pr_curves.png"
-
-        rows = np.arange(min(len(test["images"]), n_figure))
-        if len(rows):
-            columns = {title: test["maps"][name][rows] for name, title in figure2_columns(methods).items()
-                       if name in test["maps"]}
-            fig = figures.figure2(test["images"][rows], test["masks"][rows], columns)
-            fig.savefig(out_dir / "figure2.png", dpi=110, bbox_inches="tight")
-            metrics["figures"]["figure2"] = "figure2.png"
-        if n_trust > 0:
-            _trust(metrics, runs, test, config, out_dir, methods)
-    else:
-        metrics["localisation"] = {}
-        metrics["localisation_note"] = f"no test image of split {split!r} has a lesion mask"
-
-    if dataset == "synthetic" and int(config.eval.shortcut_limbs) > 0:
-        metrics["shortcuts"] = _shortcuts(runs, config, methods)
+        "checkpoint_steps": {f"stage{s}": r.step for s, r in runs.items()}})
+    for evaluator in chosen:  # config.eval.evaluators, in its order (`pcam_jax.evaluation.evaluators`)
+        if evaluator.applies(ev):
+            evaluator.run(ev)
+        elif evaluator.name == "localisation":
+            ev.metrics["localisation"] = {}
+            ev.metrics["localisation_note"] = f"no test image of split {split!r} has a lesion mask"
+    metrics = ev.metrics
     out_dir.mkdir(parents=True, exist_ok=True)
-    last = stages[-1]
-    predictions = (test["probs"][last] > 0.5).astype(np.int32)
-    figures.confusion_matrix_figure(test["labels"], predictions).savefig(
-        out_dir / "confusion_matrix.png", dpi=110, bbox_inches="tight")
-    metrics.setdefault("figures", {})["confusion_matrix"] = "confusion_matrix.png"
     metrics["config"] = config.to_dict()
     metrics["seconds"] = time.perf_counter() - t0
     (out_dir / "metrics.json").write_text(json.dumps(_to_json(metrics), indent=2))
-    sections = []
-    if metrics.get("shortcuts"):
-        lines = [f"- {stage}: {shortcuts.reliance_summary(r)}." for stage, r in metrics["shortcuts"].items()]
-        sections.append(("What does the classifier rely on?", shortcuts.shortcut_table(metrics["shortcuts"])
-                         + "\n\n" + SHORTCUT_NOTE + "\n\n" + "\n".join(lines)))
-    if metrics.get("trust"):
-        sections.append(("Are the maps faithful and sane?", trust.trust_table(metrics["trust"]) + "\n\n" + TRUST_NOTE))
-    report.write_report(out_dir / "report.md", metrics, sections=sections)
+    report.write_report(out_dir / "report.md", metrics, sections=ev.sections)
     if verbose:
-        print(report.localisation_table(metrics["localisation"]) if metrics["localisation"] else
+        print(report.localisation_table(metrics["localisation"]) if metrics.get("localisation") else
               metrics.get("localisation_note", ""))
         if metrics.get("shortcuts"):
             print()
