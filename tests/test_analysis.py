@@ -164,3 +164,25 @@ def test_maps_command_writes_overlays_and_reports_unreadable_files(workdir, tmp_
         rows = list(csv.DictReader(f))
     assert sorted(pathlib.Path(r["path"]).name for r in rows) == ["colour.jpg", "gray.png"]
     assert all(0.0 <= float(r["p_abnormal"]) <= 1.0 for r in rows)
+
+
+def test_pixel_attributions_are_methods_like_the_others(workdir, tmp_path):
+    """Integrated Gradients from `run.maps` equals the pure function on the restored network,
+    and `pcam-jax evaluate --methods` scores it beside a stage's own maps."""
+    import jax
+
+    from pcam_jax.evaluation.evaluate import evaluate_workdir
+    from pcam_jax.maps import pixel_attribution as pa, postprocess
+    from pcam_jax.models import classifier_apply_fn
+
+    run = pcam_jax.load(workdir, stage=1)
+    images = _images(3, seed=4)
+    got = run.maps(images, method="integrated_gradients")
+    x = images[..., None].astype(np.float32) / 255.0
+    logits_fn = lambda y: classifier_apply_fn(run.model, run.variables)(y)[0]
+    ig = pa.integrated_gradients(pa.target_logit(logits_fn, np.ones(3, np.int32)), x, 0.0, 32, 8)
+    np.testing.assert_allclose(got, postprocess(pa.saliency_map(ig), 32, 32), atol=2e-4)
+    assert jax.numpy.isfinite(got).all()
+    metrics = evaluate_workdir(workdir, stages=(1,), methods={1: ("positive_cam",)}, out_dir=tmp_path,
+                               extra_methods=("integrated_gradients",), verbose=False)
+    assert {"stage1/positive_cam", "stage1/integrated_gradients"} <= set(metrics["localisation"])

@@ -15,4 +15,4 @@ def main(argv):
 
     evaluate_workdir(flags.WORKDIR.value, split=flags.SPLIT.value, data_dir=flags.DATA_DIR.value,
                      out_dir=flags.OUT.value, which=flags.which_checkpoint(flags.WHICH.value),
-                     lesion_labels=flags.LESION_LABELS.value)
+                     lesion_labels=flags.LESION_LABELS.value, extra_methods=tuple(flags.EXTRA_METHODS.value))

@@ -24,6 +24,8 @@ OUT = flags.DEFINE_string("out", None, "Output directory (evaluate: default <wor
 SPLIT = flags.DEFINE_string("split", None, "Split to score; default test (synthetic) or valid (MURA).")
 STAGE = flags.DEFINE_integer("stage", None, "Stage to load; default the last trained one.")
 METHOD = flags.DEFINE_string("method", "positive_cam", "Map method (maps); an unknown name is answered with the list.")
+EXTRA_METHODS = flags.DEFINE_list("methods", [], "evaluate: map methods scored besides each classifier stage's own "
+                                  "(e.g. integrated_gradients,smoothgrad; pcam_jax/maps/registry.py).")
 LESION_LABELS = flags.DEFINE_string("lesion_labels", None, "evaluate: clinician labels of test images "
                                     "(COCO .json, box .csv, mask folder; comma-separated), overriding "
                                     "the run's config.eval.lesion_labels.")

@@ -131,13 +131,15 @@ def _to_json(value):
 def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None = None,
                      out_dir=None, which: str | int = "best", verbose: bool = True,
                      lesion_labels: str | None = None, stages=None,
-                     methods: dict[int, tuple[str, ...]] | None = None) -> dict:
+                     methods: dict[int, tuple[str, ...]] | None = None, extra_methods: tuple[str, ...] = ()) -> dict:
     """Evaluates every trained stage in `workdir`; writes and returns the metrics dict.
 
     ``lesion_labels`` overrides the run's ``config.eval.lesion_labels`` (clinician masks of
     test images, `pcam_jax.data.clinician_labels`). ``stages`` picks some of the trained stages
     (default: all); ``methods`` ({stage: map methods}) scores fewer maps than a stage's
-    ``map_methods`` (e.g. stage 1's CAM and positive CAM without Score-CAM: `pcam_jax.study`)."""
+    ``map_methods`` (e.g. stage 1's CAM and positive CAM without Score-CAM: `pcam_jax.study`);
+    ``extra_methods`` adds classifier maps of the registry (``--methods integrated_gradients``) to
+    every stage with a trained classifier."""
     workdir = pathlib.Path(workdir)
     out_dir = pathlib.Path(out_dir) if out_dir else workdir / "eval"
     trained = checkpointing.trained_stages(workdir)
@@ -163,6 +165,10 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
     n_figure = int(config.eval.num_figure_images)
     n_trust = int(config.eval.trust_images)
     methods = {s: tuple((methods or {}).get(s, stages_lib.get(s).map_methods)) for s in stages}
+    for name in maps_lib.registry.check(extra_methods) if extra_methods else ():
+        for s in stages:  # a classifier map, for stages whose classifier trained (not stage 4's random head)
+            if stages_lib.get(s).uses("l1") and not maps_lib.registry.get(name).needs_decoder and name not in methods[s]:
+                methods[s] += (name,)
     chosen = evaluators.chosen(config)
     test, held, threshold_split = _labelled_splits(runs, config, split, data_dir, max(n_figure, n_trust), methods)
     ev = evaluators.Evaluation(runs, config, test, held, threshold_split, methods, out_dir, metrics={
