@@ -1,4 +1,4 @@
-"""The demo: the whole method on synthetic radiographs, on a CPU (``pcam-jax demo``, `pcam_jax.cli.demo`).
+"""The demo's phases: the whole method on synthetic radiographs, on a CPU (``pcam-jax demo``, `pcam_jax.cli.demo`).
 
 Phases, each a function (so one can be swapped or added) and each timed:
 
