@@ -5,10 +5,11 @@
 
 Three things happen:
 
-* ``XLA_FLAGS`` gets the project's default flags (`PROJECT_XLA_FLAGS`), merged with what the
-  user already set there: a flag the user set (same name) wins, so any default can be
-  overridden, e.g. ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution``
-  restores XLA's own choice. Set ``PCAM_JAX_NO_XLA_FLAGS=1`` to add none of them.
+* ``XLA_FLAGS`` gets the project's default flags for this CPU (`project_xla_flags`: the first
+  of `CPU_RULES` whose features /proc/cpuinfo lists), merged with what the user already set
+  there: a flag the user set (same name) wins, so any default can be overridden, e.g.
+  ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`` restores XLA's
+  own choice. Set ``PCAM_JAX_NO_XLA_FLAGS=1`` to add none of them.
 * On Linux with glibc, the C allocator keeps freed memory for reuse (`configure_allocator`):
   XLA's CPU runtime allocates a step's scratch memory (100-350 MB for a train step) afresh
   each step, and glibc otherwise maps it from the OS and unmaps it again, so every step
@@ -28,20 +29,38 @@ this process (it warns).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import pathlib
 import sys
 import warnings
 from typing import Sequence
 
-# Every flag here has a measured, documented effect (docs/PERFORMANCE.md). CPU-only flags:
-# the GPU backend ignores them.
-PROJECT_XLA_FLAGS: tuple[str, ...] = (
-    # XLA 0.10.2 hands each convolution to YNNPACK by default. On a 2-core AMD EPYC (AVX2),
-    # XLA's own (Eigen) convolutions made the whole stage-1 train step 8% faster at
-    # b32@128 and ~15% at b16@320 (interleaved A/B in one process; docs/PERFORMANCE.md).
-    # The '-' keeps YNNPACK for dots and reductions (XLA's other defaults).
-    "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
+# XLA 0.10.2 hands each convolution to YNNPACK by default; this flag gives them back to XLA's
+# own (Eigen) convolutions and keeps YNNPACK for dots and reductions (XLA's other defaults).
+YNN_CONVOLUTIONS_OFF = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuRule:
+    """XLA flags for CPUs that have every feature in ``requires`` (/proc/cpuinfo flags, plus
+    ``vendor:<vendor_id>``). Each rule's flags were measured faster on that CPU kind
+    (docs/PERFORMANCE.md); a CPU kind nobody measured falls through to the last rule."""
+
+    name: str
+    requires: tuple[str, ...]
+    flags: tuple[str, ...]
+    measured: str
+
+
+# First match wins. CPU-only flags: the GPU backend ignores them.
+CPU_RULES: tuple[CpuRule, ...] = (
+    CpuRule("amd-avx512", ("vendor:AuthenticAMD", "avx512f"), (),
+            "2-core AMD EPYC Zen 4 (AVX-512): XLA's default YNNPACK convolutions beat Eigen's"),
+    CpuRule("default", (), (YNN_CONVOLUTIONS_OFF,),
+            "2-core AMD EPYC, AVX2 only: Eigen convolutions made the stage-1 step 8% faster at b32@128 "
+            "and ~15% at b16@320; kept for every CPU kind not measured otherwise (Intel Xeon included)"),
 )
 
 COMPILATION_CACHE_ENV = "PCAM_JAX_COMPILATION_CACHE"
@@ -76,9 +95,48 @@ def _backend_started() -> bool:
         return False
 
 
+def parse_cpu_features(cpuinfo: str) -> frozenset[str]:
+    """The first processor's feature flags in /proc/cpuinfo text, plus ``vendor:<vendor_id>``.
+
+    >>> sorted(parse_cpu_features("vendor_id : AuthenticAMD\\nflags : fpu avx2\\n"))
+    ['avx2', 'fpu', 'vendor:AuthenticAMD']
+    """
+    features: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key == "vendor_id" and not any(f.startswith("vendor:") for f in features):
+            features.add("vendor:" + value.strip())
+        elif key == "flags":
+            features.update(value.split())
+            break  # every core reports the same flags
+    return frozenset(features)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_features() -> frozenset[str]:
+    """`parse_cpu_features` of this machine's /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return parse_cpu_features(f.read())
+    except OSError:
+        return frozenset()
+
+
+def cpu_rule(features: frozenset[str] | None = None) -> CpuRule:
+    """The first of `CPU_RULES` whose requirements ``features`` (default: this CPU's) meet."""
+    features = cpu_features() if features is None else features
+    return next(rule for rule in CPU_RULES if set(rule.requires) <= features)
+
+
+def project_xla_flags(features: frozenset[str] | None = None) -> tuple[str, ...]:
+    """The project's XLA flags for a CPU with ``features`` (default: this one): `cpu_rule`'s."""
+    return cpu_rule(features).flags
+
+
 def configure_xla_flags(extra: Sequence[str] = ()) -> str:
-    """Adds `PROJECT_XLA_FLAGS` and ``extra`` to ``$XLA_FLAGS`` (user's flags win); returns it."""
-    project = () if os.environ.get(NO_FLAGS_ENV, "") not in ("", "0") else PROJECT_XLA_FLAGS
+    """Adds `project_xla_flags` and ``extra`` to ``$XLA_FLAGS`` (user's flags win); returns it."""
+    project = () if os.environ.get(NO_FLAGS_ENV, "") not in ("", "0") else project_xla_flags()
     merged = merge_xla_flags(os.environ.get("XLA_FLAGS", ""), (*project, *extra))
     if merged != os.environ.get("XLA_FLAGS", "") and _backend_started():
         warnings.warn("pcam_jax.runtime.configure() ran after JAX started its backend: the project's "

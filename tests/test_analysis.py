@@ -130,6 +130,10 @@ def test_evaluate_in_a_fresh_process_reproduces_the_numbers(workdir):
     assert first["n_images"] == 8 and first["n_excluded"] == 8
     assert first["tau_chosen_on"] == "heldout_labelled"
     assert metrics["classification"]["stage3"]["image"]["counts"]["n"] == 16
+    # Every section of the evaluation is timed (and had a progress bar when verbose).
+    assert {"restore checkpoints", "test split: probabilities and maps", "localisation metrics",
+            "faithfulness (4 images)", "sanity (2 images)", "classification"} <= set(metrics["section_seconds"])
+    assert set(metrics["section_seconds"]) == set(metrics["section_cpu_seconds"])
 
     result = subprocess.run(
         [sys.executable, "-m", "pcam_jax.cli", "evaluate", "--workdir", str(workdir),
@@ -142,6 +146,26 @@ def test_evaluate_in_a_fresh_process_reproduces_the_numbers(workdir):
     assert _flat(again["localisation"]) == pytest.approx(_flat(first_json["localisation"]), rel=1e-5, abs=1e-7)
     assert _flat(again["classification"]) == pytest.approx(_flat(first_json["classification"]), rel=1e-5, abs=1e-7)
     assert again["checkpoint_steps"] == first_json["checkpoint_steps"]
+
+
+def test_evaluation_maps_lesion_images_in_whole_chunks_with_the_same_maps(workdir):
+    # `pcam-jax evaluate` queues the few lesion images of each eval batch and maps them in whole
+    # chunks; the maps must be those of each image mapped alone (the independent reference).
+    from pcam_jax import maps as maps_lib
+    from pcam_jax.evaluation import evaluate, progress
+
+    run = pcam_jax.load(workdir, stage=1)
+    methods = {1: ("positive_cam", "score_cam")}
+    run.chunk = 3  # tiny test split: 8 lesion images in eval batches of 8 -> chunks of 3, 3, then 2
+    sections = progress.Sections(show=False)
+    test = evaluate._collect({1: run}, run.config, "test", None, figure_rows=8, methods=methods, sections=sections)
+    assert set(sections.seconds) == {"test split: probabilities and maps"}
+    images = test["images"][..., None]
+    assert len(images) == len(test["masks"]) == 8
+    for method in methods[1]:
+        alone = np.concatenate([run.raw_maps(images[i:i + 1], (method,))[method] for i in range(len(images))])
+        expected = np.asarray(maps_lib.postprocess(alone, 32, 32))
+        np.testing.assert_allclose(test["maps"][f"stage1/{method}"], expected, atol=1e-5, err_msg=method)
 
 
 def test_maps_command_writes_overlays_and_reports_unreadable_files(workdir, tmp_path):

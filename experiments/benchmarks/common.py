@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable, Sequence
 
 def apply_project_xla_flags(extra: Sequence[str] = ()) -> str:
-    """The project's XLA flags (`pcam_jax.runtime.PROJECT_XLA_FLAGS`) and ``extra``, merged
+    """The project's XLA flags for this CPU (`pcam_jax.runtime.project_xla_flags`) and ``extra``, merged
     into ``XLA_FLAGS`` (flags already there win), and its allocator setting, as the CLI entry
     points do.
 
@@ -86,11 +86,17 @@ def environment_header() -> str:
         f"cpu: {_cpu_model()}, {os.cpu_count()} cores ({usable} usable), memory {_memory_gib()}",
         f"python {platform.python_version()}, {versions}",
         f"jax backend: {jax.default_backend()}, {len(devices)} device(s): {', '.join(kinds)}",
-        f"XLA_FLAGS: {os.environ.get('XLA_FLAGS', '') or '(none)'}",
+        f"XLA_FLAGS: {os.environ.get('XLA_FLAGS', '') or '(none)'} (CPU rule: {_cpu_rule()})",
         f"allocator: {_allocator_setting()}",
         f"command: {shlex.join([os.path.basename(sys.executable)] + sys.argv)}",
     ]
     return "\n".join(f"# {line}" for line in lines)
+
+
+def _cpu_rule() -> str:
+    from pcam_jax import runtime
+
+    return runtime.cpu_rule().name
 
 
 def _allocator_setting() -> str:

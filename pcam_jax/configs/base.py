@@ -15,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
         blocks=(2, 3, 3, 2),
         num_classes=2,
         decoder_widths=(64, 32, 16),
-        dtype="float32",
+        dtype="float32",             # | "bfloat16": mixed precision (params, BN statistics, losses float32)
         input_mean=0.5,               # images are in [0, 1]; the encoder standardises them
         input_std=0.25,
         conv_impl="flipped_dx+s2d",   # | "flipped_dx" | "xla": pcam_jax/models/conv.py, docs/PERFORMANCE.md

@@ -141,7 +141,7 @@ def _stream_seed(seed: int, *salts: int) -> int:
     return int(state[0] >> np.uint64(2))
 
 
-def _count(records) -> int:
+def count_records(records) -> int:
     """Number of records; counts by reading bytes when tf.data cannot tell."""
     n = int(records.cardinality())
     if n == tf.data.INFINITE_CARDINALITY:
@@ -244,7 +244,7 @@ def train_batches(config, records, *, seed: int, start_step: int = 0, process_in
     uninterrupted stream yields from that step on.
     """
     batch = _per_process(config.data.batch_size, process_count, "batch_size")
-    steps = steps_per_epoch(config, _count(records), process_count)
+    steps = steps_per_epoch(config, count_records(records), process_count)
     start_epoch, skip = divmod(start_step, steps)
     stream = _shuffled_epochs(
         records.shard(process_count, process_index), epoch_length=steps * batch,
@@ -266,7 +266,7 @@ def eval_batches(config, records, *, process_index: int = 0,
     `eval_batch_size // process_count`; padding rows (valid=False) fill the last batches so
     that every process yields `num_eval_batches` batches."""
     batch = _per_process(config.data.eval_batch_size, process_count, "eval_batch_size")
-    n = _count(records)
+    n = count_records(records)
     if n == 0:
         raise ValueError("The evaluation split has no records.")
     mine = len(range(process_index, n, process_count))
@@ -322,7 +322,7 @@ def labelled_batches(config, records, *, seed: int, start_step: int = 0, process
     batch = _per_process(config.data.labelled_batch_size, process_count, "labelled_batch_size")
     labelled = records.filter(lambda r: r["lesion_labelled"]).shard(
         process_count, process_index).cache()  # a few images, kept as bytes in memory
-    n = _count(labelled)
+    n = count_records(labelled)
     if n == 0:
         raise ValueError(f"Process {process_index} has no lesion-labelled records "
                          "(lesion_labelled is False everywhere, or fewer labelled images "

@@ -29,7 +29,7 @@ import numpy as np
 from pcam_jax.run import analysis
 from pcam_jax import maps as maps_lib
 from pcam_jax.data import resolve_data_dir
-from pcam_jax.evaluation import evaluators, report, shortcuts
+from pcam_jax.evaluation import progress, evaluators, report, shortcuts
 from pcam_jax.training import checkpointing, stages as stages_lib
 
 
@@ -38,14 +38,57 @@ TEST_SPLIT = {"synthetic": "test", "mura": "valid"}
 THRESHOLD_SPLIT = {"synthetic": "heldout_labelled"}
 
 
+def _collect_batch(batch: dict, runs: dict, out: dict) -> None:
+    """Adds one eval batch's labels and probabilities to `_collect`'s lists ``out``, and queues
+    its images with a lesion for `_map_queued`."""
+    valid = batch["valid"]
+    lesion = batch["mask"].reshape(len(valid), -1).any(axis=1)
+    keep = valid & batch["has_mask"] & lesion
+    out["n_empty_masks"] += int((valid & batch["has_mask"] & ~lesion).sum())
+    out["labels"].append(batch["label"][valid])
+    out["study_id"].append(batch["study_id"][valid])
+    out["body_part"].append(batch["body_part"][valid])
+    for stage, run in runs.items():
+        out["probs"][stage].append(run.predict(batch["image"][valid]))
+    if keep.any():
+        out["queued"].append((batch["image"][keep], batch["mask"][keep].astype(np.uint8), batch["body_part"][keep]))
+
+
+def _map_queued(runs: dict, methods: dict, size: int, figure_rows: int, out: dict, final: bool) -> None:
+    """Maps of the queued lesion images, post-processed, appended to ``out``.
+
+    Maps run in whole chunks of ``Run.chunk`` images: an eval batch holds only a few lesion
+    images (FracAtlas: ~6 of 32), and mapping each batch's few alone padded every chunk, so
+    Score-CAM's 128 forwards per image were paid up to 2.6x. Until ``final``, a remainder
+    smaller than a chunk stays queued."""
+    if not out["queued"]:
+        return
+    images, masks, parts = (np.concatenate(x) for x in zip(*out["queued"]))
+    chunk = min(r.chunk for r in runs.values())
+    n = len(images) if final else len(images) // chunk * chunk
+    out["queued"] = [(images[n:], masks[n:], parts[n:])] if n < len(images) else []
+    if n == 0:
+        return
+    for stage, run in runs.items():
+        for method, raw in run.raw_maps(images[:n], methods[stage]).items():
+            out["maps"][f"stage{stage}/{method}"].append(
+                np.asarray(maps_lib.postprocess(jnp.asarray(raw), size, size), np.float32))
+    out["masks"].append(masks[:n])
+    out["mask_body_part"].append(parts[:n])
+    if sum(len(x) for x in out["images"]) < figure_rows:
+        out["images"].append(images[:n, ..., 0])
+
+
 def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *,
-             figure_rows: int = 0, records=None, methods: dict[int, tuple[str, ...]] | None = None) -> dict[str, Any]:
+             figure_rows: int = 0, records=None, methods: dict[int, tuple[str, ...]] | None = None,
+             sections: progress.Sections | None = None, name: str | None = None) -> dict[str, Any]:
     """One pass over a split (or over ``records``): probabilities per stage and post-processed
     maps per method.
 
     Maps are computed only for rows with a non-empty lesion mask; images with an empty
     mask (normal ones) are only counted (``n_empty_masks``), since no map can be scored there.
-    ``methods``: {stage: map methods}, default every stage's ``map_methods``.
+    ``methods``: {stage: map methods}, default every stage's ``map_methods``. ``sections``: the
+    pass is one named section (default name: the split's), its progress bar counting images.
     """
     from pcam_jax.data import pipeline
 
@@ -56,28 +99,15 @@ def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *,
     size = int(config.data.image_size)
     out = {"probs": {s: [] for s in runs}, "labels": [], "study_id": [], "body_part": [],
            "maps": {f"stage{s}/{m}": [] for s in runs for m in methods[s]},
-           "masks": [], "mask_body_part": [], "images": [], "n_empty_masks": 0}
-    for batch in pipeline.eval_batches(config, records):
-        valid = batch["valid"]
-        lesion = batch["mask"].reshape(len(valid), -1).any(axis=1)
-        keep = valid & batch["has_mask"] & lesion
-        out["n_empty_masks"] += int((valid & batch["has_mask"] & ~lesion).sum())
-        out["labels"].append(batch["label"][valid])
-        out["study_id"].append(batch["study_id"][valid])
-        out["body_part"].append(batch["body_part"][valid])
-        for stage, run in runs.items():
-            out["probs"][stage].append(run.predict(batch["image"][valid]))
-        if not keep.any():
-            continue
-        images = batch["image"][keep]
-        for stage, run in runs.items():
-            for method, raw in run.raw_maps(images, methods[stage]).items():
-                out["maps"][f"stage{stage}/{method}"].append(
-                    np.asarray(maps_lib.postprocess(jnp.asarray(raw), size, size), np.float32))
-        out["masks"].append(batch["mask"][keep].astype(np.uint8))
-        out["mask_body_part"].append(batch["body_part"][keep])
-        if sum(len(x) for x in out["images"]) < figure_rows:
-            out["images"].append(images[..., 0])
+           "masks": [], "mask_body_part": [], "images": [], "n_empty_masks": 0, "queued": []}
+    sections = sections or progress.Sections(show=False)
+    with sections.section(name or f"{split} split: probabilities and maps",
+                          total=pipeline.count_records(records)) as bar:
+        for batch in pipeline.eval_batches(config, records):
+            _collect_batch(batch, runs, out)
+            _map_queued(runs, methods, size, figure_rows, out, final=False)
+            bar.update(int(batch["valid"].sum()))
+        _map_queued(runs, methods, size, figure_rows, out, final=True)
     cat = lambda xs, shape=(0,): np.concatenate(xs) if xs else np.zeros(shape)
     return {
         "probs": {s: cat(v) for s, v in out["probs"].items()},
@@ -90,7 +120,7 @@ def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *,
     }
 
 
-def _labelled_splits(runs, config, split: str, data_dir, figure_rows: int, methods=None):
+def _labelled_splits(runs, config, split: str, data_dir, figure_rows: int, methods=None, sections=None):
     """``(test, held, tau_source)``: the collected test split and the collected images that
     choose thresholds (None where there are none).
 
@@ -105,12 +135,15 @@ def _labelled_splits(runs, config, split: str, data_dir, figure_rows: int, metho
     if clinician_labels.parse_sources(config.eval.lesion_labels):
         scored, held = clinician_labels.evaluation_records(
             config, pipeline.load_records(config, split, data_dir), split)
-        test = _collect(runs, config, split, data_dir, figure_rows=figure_rows, records=scored, methods=methods)
-        held = _collect(runs, config, split, data_dir, records=held, methods=methods) if held is not None else None
+        test = _collect(runs, config, split, data_dir, figure_rows=figure_rows, records=scored, methods=methods,
+                        sections=sections)
+        held = (_collect(runs, config, split, data_dir, records=held, methods=methods, sections=sections,
+                         name="held-out labels: maps for thresholds") if held is not None else None)
         return test, held, "held-out share of config.eval.lesion_labels"
-    test = _collect(runs, config, split, data_dir, figure_rows=figure_rows, methods=methods)
+    test = _collect(runs, config, split, data_dir, figure_rows=figure_rows, methods=methods, sections=sections)
     threshold_split = THRESHOLD_SPLIT.get(config.data.dataset)
-    held = _collect(runs, config, threshold_split, data_dir, methods=methods) if threshold_split else None
+    held = (_collect(runs, config, threshold_split, data_dir, methods=methods, sections=sections)
+            if threshold_split else None)
     return test, held, threshold_split
 
 
@@ -148,7 +181,12 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
         raise FileNotFoundError(f"no checkpoints under {workdir / 'checkpoints'}: train first "
                                 f"(`pcam-jax train --workdir {workdir}`) or point --workdir at a run")
     t0 = time.perf_counter()
-    runs = {s: analysis.load(workdir, s, which) for s in stages}
+    sections = progress.Sections(show=verbose)   # a progress bar per section, and its seconds
+    with sections.section("restore checkpoints", total=len(stages), unit="stage") as bar:
+        runs = {}
+        for s in stages:
+            runs[s] = analysis.load(workdir, s, which)
+            bar.update()
     config = runs[stages[-1]].config
     if lesion_labels is not None:
         with config.unlocked():
@@ -170,13 +208,18 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
             if stages_lib.get(s).uses("l1") and not maps_lib.registry.get(name).needs_decoder and name not in methods[s]:
                 methods[s] += (name,)
     chosen = evaluators.chosen(config)
-    test, held, threshold_split = _labelled_splits(runs, config, split, data_dir, max(n_figure, n_trust), methods)
+    test, held, threshold_split = _labelled_splits(runs, config, split, data_dir, max(n_figure, n_trust), methods,
+                                                   sections)
     ev = evaluators.Evaluation(runs, config, test, held, threshold_split, methods, out_dir, metrics={
         "split": split, "dataset": dataset, "workdir": str(workdir),
-        "checkpoint_steps": {f"stage{s}": r.step for s, r in runs.items()}})
+        "checkpoint_steps": {f"stage{s}": r.step for s, r in runs.items()}}, progress=sections)
     for evaluator in chosen:  # config.eval.evaluators, in its order (`pcam_jax.evaluation.evaluators`)
-        if evaluator.applies(ev):
+        if evaluator.applies(ev) and evaluator.own_progress:  # its own named bars, with ETAs
             evaluator.run(ev)
+        elif evaluator.applies(ev):
+            with sections.section(evaluator.name, total=1, unit="section") as bar:
+                evaluator.run(ev)
+                bar.update()
         elif evaluator.name == "localisation":
             ev.metrics["localisation"] = {}
             ev.metrics["localisation_note"] = f"no test image of split {split!r} has a lesion mask"
@@ -184,6 +227,7 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics["config"] = config.to_dict()
     metrics["seconds"] = time.perf_counter() - t0
+    metrics["section_seconds"], metrics["section_cpu_seconds"] = dict(sections.seconds), dict(sections.cpu_seconds)
     (out_dir / "metrics.json").write_text(json.dumps(_to_json(metrics), indent=2))
     report.write_report(out_dir / "report.md", metrics, sections=ev.sections)
     if verbose:
@@ -194,5 +238,6 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
             print(shortcuts.shortcut_table(metrics["shortcuts"]))
         print()
         print(report.classification_table(metrics["classification"]))
+        print("\nseconds per section (wall, share, process CPU):\n" + sections.table())
         print(f"\nwrote {out_dir}/metrics.json, report.md and figures ({metrics['seconds']:.0f} s)")
     return metrics

@@ -21,6 +21,7 @@ import numpy as np
 
 from pcam_jax import maps as maps_lib
 from pcam_jax.evaluation import by_body_part, figures, shortcuts, trust
+from pcam_jax.evaluation import progress as progress_lib
 from pcam_jax.metrics import classification as classification_metrics, localisation as localisation_metrics
 from pcam_jax.training import stages as stages_lib
 
@@ -52,6 +53,11 @@ class Evaluation:
     out_dir: pathlib.Path
     metrics: dict = dataclasses.field(default_factory=dict)
     sections: list = dataclasses.field(default_factory=list)   # (title, markdown) for report.md
+    progress: Any = None                     # `pcam_jax.evaluation.progress.Sections`: bars and seconds
+
+    def __post_init__(self):
+        if self.progress is None:
+            self.progress = progress_lib.Sections(show=False)
 
     def save_figure(self, name: str, figure, dpi: int = 110) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -69,6 +75,7 @@ class Evaluator:
     name: str
     applies: Callable[[Evaluation], bool]
     run: Callable[[Evaluation], None]
+    own_progress: bool = False   # shows its own named bars (``ev.progress``); else one bar for it
 
 
 def figure2_columns(stage_methods: dict[int, tuple[str, ...]]) -> dict[str, str]:
@@ -108,35 +115,59 @@ def confusion_matrix(ev: Evaluation) -> None:
 
 
 def localisation(ev: Evaluation) -> None:
+    with ev.progress.section("localisation metrics", total=len(ev.test["maps"]), unit="map") as bar:
+        loc, curves = _localisation_metrics(ev, bar)
+    test = ev.test
+    ev.metrics["localisation"] = loc
+    with ev.progress.section("localisation figures", total=1, unit="section") as bar:
+        if len(np.unique(test["mask_body_part"])) > 1:  # MURA, folders: localisation per body part
+            ev.metrics["localisation_per_group"] = by_body_part.localisation_per_group(
+                test["maps"], test["masks"], test["mask_body_part"], {n: loc[n]["tau"] for n in loc},
+                float(ev.config.eval.pointing_tolerance))
+        ev.save_figure("pr_curves", figures.pr_curves(curves))
+        rows = np.arange(min(len(test["images"]), int(ev.config.eval.num_figure_images)))
+        if len(rows):
+            columns = {title: test["maps"][name][rows] for name, title in figure2_columns(ev.methods).items()
+                       if name in test["maps"]}
+            ev.save_figure("figure2", figures.figure2(test["images"][rows], test["masks"][rows], columns))
+        bar.update()
+
+
+def _localisation_metrics(ev: Evaluation, bar) -> tuple[dict, dict]:
+    """({map: localisation metrics}, {map: (precision, recall)}); thresholds chosen on ``ev.held``.
+
+    One map method per thread: the metrics are numpy and scipy.ndimage work on one core each
+    (MaxBoxAccV2 labels the components of 100 thresholded maps per image), and the methods are
+    independent, so the results are those of the loop in any order."""
+    import concurrent.futures
+    import os
+
     test, held = ev.test, ev.held
-    loc, curves = {}, {}
-    for name, maps in test["maps"].items():
+
+    def one(name):
+        maps = test["maps"][name]
         if held is not None and held["masks"].any():
             tau = localisation_metrics.choose_threshold(held["maps"][name], held["masks"])
             tau_source = ev.threshold_source
         else:
             tau, tau_source = 0.5, "default (no held-out labelled split)"
-        loc[name] = localisation_metrics.localisation_metrics(maps, test["masks"], tau=tau, tolerance=ev.tolerance)
-        loc[name]["n_excluded"] += test["n_empty_masks"]
-        loc[name]["tau_chosen_on"] = tau_source
+        entry = localisation_metrics.localisation_metrics(maps, test["masks"], tau=tau, tolerance=ev.tolerance)
+        entry["n_excluded"] += test["n_empty_masks"]
+        entry["tau_chosen_on"] = tau_source
         precision, recall, _ = localisation_metrics.pixel_precision_recall(maps, test["masks"])
-        curves[name] = (precision, recall)
-    ev.metrics["localisation"] = loc
-    if len(np.unique(test["mask_body_part"])) > 1:  # MURA, folders: localisation per body part
-        ev.metrics["localisation_per_group"] = by_body_part.localisation_per_group(
-            test["maps"], test["masks"], test["mask_body_part"], {n: loc[n]["tau"] for n in loc},
-            float(ev.config.eval.pointing_tolerance))
-    ev.save_figure("pr_curves", figures.pr_curves(curves))
-    rows = np.arange(min(len(test["images"]), int(ev.config.eval.num_figure_images)))
-    if len(rows):
-        columns = {title: test["maps"][name][rows] for name, title in figure2_columns(ev.methods).items()
-                   if name in test["maps"]}
-        ev.save_figure("figure2", figures.figure2(test["images"][rows], test["masks"][rows], columns))
+        return entry, (precision, recall)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        futures = {name: pool.submit(one, name) for name in test["maps"]}
+        for _ in concurrent.futures.as_completed(futures.values()):
+            bar.update()
+    results = {name: future.result() for name, future in futures.items()}  # in the maps' order
+    return {n: r[0] for n, r in results.items()}, {n: r[1] for n, r in results.items()}
 
 
 def trust_section(ev: Evaluation) -> None:
     """Faithfulness and sanity figures of every stage's maps, and the randomisation figure."""
-    result = trust.trust_report(ev.runs, ev.test, ev.methods, ev.config)
+    result = trust.trust_report(ev.runs, ev.test, ev.methods, ev.config, ev.progress)
     cascade = result.pop("_cascade", None)
     ev.metrics["trust"] = result
     if cascade:
@@ -150,15 +181,19 @@ def trust_section(ev: Evaluation) -> None:
 
 def shortcut_section(ev: Evaluation) -> None:
     """{stage name: `shortcuts.shortcut_report`} on the same counterfactual renders (synthetic only)."""
-    rendered = shortcuts.render_counterfactuals(ev.config.synthetic, int(ev.config.eval.shortcut_limbs))
+    with ev.progress.section("shortcuts: counterfactual renders", total=1, unit="section") as bar:
+        rendered = shortcuts.render_counterfactuals(ev.config.synthetic, int(ev.config.eval.shortcut_limbs))
+        bar.update()
     out = {}
-    for stage, run in ev.runs.items():
-        # Cheap maps only (Figure 2's: one forward, at most one VJP): Score-CAM and AblationCAM on
-        # 8 x shortcut_limbs renders would cost more than the rest of the evaluation.
-        methods = tuple(m for m in maps_lib.FIGURE2_METHODS if m in ev.methods[stage])
-        maps_fn = lambda x, run=run, methods=methods: {m: run.maps(x, method=m) for m in methods}
-        out[f"stage{stage}"] = shortcuts.shortcut_report(run.predict, maps_fn, ev.config.synthetic,
-                                                         tolerance=ev.tolerance, rendered=rendered)
+    with ev.progress.section("shortcuts: probabilities and map peaks", total=len(ev.runs), unit="stage") as bar:
+        for stage, run in ev.runs.items():
+            # Cheap maps only (Figure 2's: one forward, at most one VJP): Score-CAM and AblationCAM on
+            # 8 x shortcut_limbs renders would cost more than the rest of the evaluation.
+            methods = tuple(m for m in maps_lib.FIGURE2_METHODS if m in ev.methods[stage])
+            maps_fn = lambda x, run=run, methods=methods: {m: run.maps(x, method=m) for m in methods}
+            out[f"stage{stage}"] = shortcuts.shortcut_report(run.predict, maps_fn, ev.config.synthetic,
+                                                             tolerance=ev.tolerance, rendered=rendered)
+            bar.update()
     ev.metrics["shortcuts"] = out
     lines = [f"- {stage}: {shortcuts.reliance_summary(r)}." for stage, r in out.items()]
     ev.sections.insert(0, ("What does the classifier rely on?", shortcuts.shortcut_table(out)
@@ -171,10 +206,11 @@ def _has_lesions(ev: Evaluation) -> bool:
 
 EVALUATORS: dict[str, Evaluator] = {e.name: e for e in (
     Evaluator("classification", lambda ev: True, classification),
-    Evaluator("localisation", _has_lesions, localisation),
-    Evaluator("trust", lambda ev: _has_lesions(ev) and int(ev.config.eval.trust_images) > 0, trust_section),
+    Evaluator("localisation", _has_lesions, localisation, own_progress=True),
+    Evaluator("trust", lambda ev: _has_lesions(ev) and int(ev.config.eval.trust_images) > 0, trust_section,
+              own_progress=True),
     Evaluator("shortcuts", lambda ev: ev.config.data.dataset == "synthetic" and int(ev.config.eval.shortcut_limbs) > 0,
-              shortcut_section),
+              shortcut_section, own_progress=True),
     Evaluator("confusion_matrix", lambda ev: True, confusion_matrix),
 )}
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pcam_jax.trust.programs import faithfulness_figures, sanity_figures
+from pcam_jax.trust.programs import faithfulness_figures, faithfulness_program, sanity_figures
 
 
 def _settings(config) -> dict:
@@ -32,33 +32,51 @@ def _settings(config) -> dict:
                 road_iterations=int(e.road_iterations), seed=int(config.seed))
 
 
-def trust_report(runs: dict[int, Any], test: dict, stage_methods: dict[int, tuple[str, ...]], config) -> dict:
+def trust_report(runs: dict[int, Any], test: dict, stage_methods: dict[int, tuple[str, ...]], config,
+                 sections=None) -> dict:
     """{f"stage{s}/{method}": {faithfulness figures, "sanity_passes", "cascade_final_ssim",
     "random_logit_ssim"}} plus "_cascade" (for the figure) from the first ``trust_images`` test
-    images with lesions (``test`` as `pcam_jax.evaluation.evaluate` collects it)."""
+    images with lesions (``test`` as `pcam_jax.evaluation.evaluate` collects it). ``sections``
+    (`pcam_jax.evaluation.progress.Sections`): a progress bar for the faithfulness figures (one
+    step per stage and map) and one for the sanity checks (one per stage)."""
+    from pcam_jax.evaluation import progress
+
+    sections = sections or progress.Sections(show=False)
     settings = _settings(config)
     n = min(settings["images"], len(test["images"]))
     if n == 0:
         return {}
     images = test["images"][:n, ..., None].astype(np.float32)
+    faith, sane, programs = {}, {}, {}
+    with sections.section(f"faithfulness ({n} images)", total=sum(map(len, stage_methods.values())), unit="map") as bar:
+        for stage, run in runs.items():
+            # One compiled program for every stage with the same network (variables are an argument).
+            if run.model.spec not in programs:
+                programs[run.model.spec] = faithfulness_program(run.model, steps=settings["steps"],
+                                                                road_iterations=settings["road_iterations"])
+            for m in stage_methods[stage]:
+                faith[stage, m] = faithfulness_figures(run, images, {m: test["maps"][f"stage{stage}/{m}"][:n]},
+                                                       seed=settings["seed"], program=programs[run.model.spec])[m]
+                bar.update()
+    with sections.section(f"sanity ({settings['sanity_images']} images)", total=len(runs), unit="stage") as bar:
+        for stage, run in runs.items():
+            sane[stage] = sanity_figures(run, images[:settings["sanity_images"]], stage_methods[stage],
+                                         seed=settings["seed"])
+            bar.update()
     out, cascade_for_figure = {}, None
-    for stage, run in runs.items():
-        methods = stage_methods[stage]
-        maps = {m: test["maps"][f"stage{stage}/{m}"][:n] for m in methods}
-        faith = faithfulness_figures(run, images, maps, steps=settings["steps"],
-                                     road_iterations=settings["road_iterations"], seed=settings["seed"])
-        sane = sanity_figures(run, images[:settings["sanity_images"]], methods, seed=settings["seed"])
+    for stage in runs:
+        methods, sane_stage = stage_methods[stage], sane[stage]
         for m in methods:
-            entry = {k: float(np.mean(v)) for k, v in faith[m].items()}
-            if sane and m in sane["cascade"]:
-                entry.update(sanity_passes=sane["cascade"][m]["passes"],
-                             cascade_final_ssim=sane["cascade"][m]["ssim"][-1],
-                             cascade_final_spearman=sane["cascade"][m]["spearman"][-1],
-                             random_logit_ssim=sane["random_logit"][m]["ssim"])
+            entry = {k: float(np.mean(v)) for k, v in faith[stage, m].items()}
+            if sane_stage and m in sane_stage["cascade"]:
+                entry.update(sanity_passes=sane_stage["cascade"][m]["passes"],
+                             cascade_final_ssim=sane_stage["cascade"][m]["ssim"][-1],
+                             cascade_final_spearman=sane_stage["cascade"][m]["spearman"][-1],
+                             random_logit_ssim=sane_stage["random_logit"][m]["ssim"])
             out[f"stage{stage}/{m}"] = entry
-        if sane and cascade_for_figure is None:
-            cascade_for_figure = {"stage": stage, "steps": sane["steps"], "maps": sane["maps"],
-                                  "ssim": {m: sane["cascade"][m]["ssim"] for m in sane["cascade"]},
+        if sane_stage and cascade_for_figure is None:
+            cascade_for_figure = {"stage": stage, "steps": sane_stage["steps"], "maps": sane_stage["maps"],
+                                  "ssim": {m: sane_stage["cascade"][m]["ssim"] for m in sane_stage["cascade"]},
                                   "images": images[:settings["sanity_images"], ..., 0]}
     out["_cascade"] = cascade_for_figure
     return out

@@ -43,6 +43,10 @@ class NetworkSpec:
     blocks: Sequence[int] = (2, 3, 3, 2)
     num_classes: int = 2
     decoder_widths: Sequence[int] = (64, 32, 16)
+    # Compute dtype. "bfloat16" is mixed precision: convolutions, BatchNorm outputs and ReLUs
+    # in bfloat16; parameters, BatchNorm statistics (reduced in float32 by flax), the head, the
+    # decoder's output layer and every loss in float32 (docs/PERFORMANCE.md: measured slower on
+    # 2-core AVX-512 CPUs, so off by default; for accelerators).
     dtype: str = "float32"
     # Images enter in [0, 1]; the encoder standardises them first, so masking I * T(A)
     # in stage 2 works in pixel space, where 0 is the black background of a radiograph.
@@ -54,10 +58,16 @@ class NetworkSpec:
     pool_impl: str = "strided"
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
 def spec_from_config(model_config: Any) -> NetworkSpec:
     """`NetworkSpec` from a ``config.model`` ConfigDict (or any mapping with those keys)."""
     get = model_config.get if hasattr(model_config, "get") else lambda k, d: getattr(model_config, k, d)
     d = NetworkSpec()
+    if str(get("dtype", d.dtype)) not in COMPUTE_DTYPES:
+        raise ValueError(f"config.model.dtype must be one of {COMPUTE_DTYPES} (bfloat16: mixed precision), "
+                         f"got {get('dtype', d.dtype)!r}")
     return NetworkSpec(
         stem_width=int(get("stem_width", d.stem_width)),
         widths=tuple(int(w) for w in get("widths", d.widths)),
