@@ -189,3 +189,53 @@ def test_unknown_source_kind(tmp_path):
         lesions.load_lesion_masks(tmp_path / "labels.txt", SIZES)
     with pytest.raises(FileNotFoundError):
         lesions.load_lesion_masks(tmp_path / "missing.csv", SIZES)
+
+
+# ---------------------------------------------------------------- paths and edges (issue 20)
+
+
+def test_png_mask_labels_the_image_of_any_extension(tmp_path):
+    sizes = {"a/x.jpg": (6, 8), "b/y.dcm": (20, 24)}
+    expected = hand_box(6, 8, (1, 4), (2, 5))
+    for name, mask in (("a/x.png", expected), ("b/y.png", hand_box(20, 24, (0, 2), (0, 2)))):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        PIL.Image.fromarray(mask * 255).save(tmp_path / name)
+    masks = lesions.load_lesion_masks(tmp_path, sizes)
+    assert sorted(masks) == ["a/x.jpg", "b/y.dcm"]
+    np.testing.assert_array_equal(masks["a/x.jpg"], expected)
+    with pytest.raises(ValueError, match=r"a/x.dcm or a/x.jpg"):  # two images it could label
+        lesions.load_lesion_masks(tmp_path, {**sizes, "a/x.dcm": (6, 8)})
+
+
+def test_unmatched_entry_names_the_nearest_path(tmp_path):
+    PIL.Image.fromarray(np.ones((6, 8), np.uint8)).save(tmp_path / "image1.png")
+    unknown = []
+    assert lesions.load_lesion_masks(tmp_path, SIZES, unknown=unknown) == {}
+    assert unknown == [f"mask {tmp_path / 'image1.png'}: image1.png (nearest: {A})"]
+
+
+def test_coco_edge_vertices_are_clipped_and_outside_polygons_skipped_and_counted(tmp_path):
+    """y = H + 5e-13 is the bottom edge (exporter rounding): clipped, the mask as if y = H;
+    y = H + 3 is outside: with a report it is skipped and counted, the rest still loads."""
+    on_edge = [1.2, 1.1, 7.3, 0.9, 4.1, 6.0 + 5e-13]  # no pixel centre on an edge
+    outside = [1.2, 1.1, 7.3, 0.9, 4.1, 9.0]
+    coco = {"images": [{"id": 1, "file_name": A, "height": 6, "width": 8},
+                       {"id": 2, "file_name": B, "height": 20, "width": 24}],
+            "annotations": [{"id": 1, "image_id": 1, "segmentation": [on_edge]},
+                            {"id": 2, "image_id": 1, "segmentation": [outside]},
+                            {"id": 3, "image_id": 2, "bbox": [3, 4, 5, 2]}]}
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(coco))
+    report = lesions.LabelReport()
+    masks = lesions.load_lesion_masks(path, SIZES, report=report)
+    triangle = [(1.2, 1.1), (7.3, 0.9), (4.1, 6.0)]
+    expected = np.array([[point_in_triangle(j + 0.5, i + 0.5, triangle) for j in range(8)]
+                         for i in range(6)], np.uint8)
+    np.testing.assert_array_equal(masks[A], expected)
+    np.testing.assert_array_equal(masks[B], hand_box(20, 24, (4, 6), (3, 8)))
+    assert [c.split(": ")[0] for c in report.clipped] == [f"{path} annotation id 1"]
+    assert len(report.skipped) == 1 and f"{path} annotation id 2" in report.skipped[0]
+    assert "outside" in report.skipped[0]
+    assert report.summary().startswith("1 annotation(s) clipped to the image edge")
+    with pytest.raises(ValueError, match="annotation id 2: polygon: lies outside"):
+        lesions.load_lesion_masks(path, SIZES)  # without a report a bad annotation stops the load

@@ -84,7 +84,7 @@ def test_incomplete_tree_lists_what_is_missing(tmp_path, capsys):
 
 
 def test_unknown_dataset_is_a_usage_error():
-    with pytest.raises(app.UsageError, match="mura,synthetic"):
+    with pytest.raises(app.UsageError, match="mura,fracatlas,synthetic,folder"):
         run_main(["imagenet"])
 
 

@@ -4,6 +4,7 @@
                           [--label_policy trust_csv] [--model_selection_fraction F]
     pcam-jax prepare folder --folder_root DIR [--folder_csv labels.csv] [--data_dir DIR]
                             [--skip_corrupt] [--model_selection_fraction F] [--test_fraction F]
+    pcam-jax prepare fracatlas --manual_dir DIR [--data_dir DIR] [--model_selection_fraction F]
     pcam-jax prepare synthetic [--config CONFIG] [--data_dir DIR]
     ... [--uint8_cache | --nouint8_cache]
 
@@ -73,7 +74,7 @@ def dataset_config(config, dataset: str, data_dir: str):
     config = config.copy_and_resolve_references()
     with config.unlocked():
         config.data.dataset, config.data.data_dir = dataset, data_dir
-        if dataset in ("mura", "folder"):
+        if dataset in ("mura", "folder", "fracatlas"):
             config.data.model_selection_fraction = _or(flags.MODEL_SELECTION_FRACTION.value,
                                                        config.data.model_selection_fraction)
         if dataset == "mura":
@@ -100,6 +101,10 @@ def main(argv) -> None:
             model_selection_fraction=_or(flags.MODEL_SELECTION_FRACTION.value, config.data.model_selection_fraction),
             skip_corrupt=_or(flags.SKIP_CORRUPT.value, config.data.skip_corrupt),
             label_policy=flags.LABEL_POLICY.value)
+    elif dataset == "fracatlas":
+        builder = prepare.prepare_fracatlas(
+            flags.MANUAL_DIR.value, data_dir,
+            model_selection_fraction=_or(flags.MODEL_SELECTION_FRACTION.value, config.data.model_selection_fraction))
     elif dataset == "folder":
         builder = prepare_folder(config, data_dir)
     else:

@@ -1,5 +1,5 @@
 """Config files (ml_collections): ``base`` plus presets ``synthetic`` (the demo), ``mura``
-(the paper's settings) and ``tiny`` (tests). Each file has ``get_config()``.
+(the paper's settings), ``fracatlas`` (real fractures with masks) and ``tiny`` (tests). Each file has ``get_config()``.
 
 `get_config(name_or_path)` resolves a preset name or a path to a config file, so the CLI and
 library code accept ``--config synthetic`` as well as ``--config path/to/my_config.py``.
@@ -26,7 +26,7 @@ BEFORE_THE_FIELD = {
     "eval.shortcut_limbs": 0,                # no counterfactual shortcut section
 }
 
-PRESETS = ("base", "synthetic", "mura", "tiny")
+PRESETS = ("base", "synthetic", "mura", "fracatlas", "tiny")
 _HERE = pathlib.Path(__file__).parent
 
 

@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Input pipeline (pcam_jax.data.pipeline).
     c.data = ml_collections.ConfigDict(dict(
-        dataset="synthetic",          # "synthetic" | "mura" | "folder" (pcam_jax.data.folder)
+        dataset="synthetic",          # "synthetic" | "mura" | "fracatlas" | "folder" (pcam_jax.data.folder)
         data_dir="",                  # TFDS data dir; "" -> ~/tensorflow_datasets (pcam_jax.data.resolve_data_dir)
         image_size=320,
         resize="stretch",             # "stretch" (MURA baseline) | "pad" (keep aspect, pad to square)
@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
         rotate_degrees=30.0,          # random rotation in [-d, d] (training only)
         augment_on="host",            # "host" (tf.data) | "device": uint8 cache + pcam_jax/data/device_augment.py
         shuffle_buffer=2048,
-        model_selection_fraction=0.1, # MURA, folder: patient-disjoint slice of train for model selection
+        model_selection_fraction=0.1, # MURA, folder, fracatlas: patient-disjoint slice of train for model selection
         skip_corrupt=False,           # MURA, folder: skip unreadable images (reported) instead of failing
         folder_root="",               # folder: the images + CSV it was prepared from ("": not checked)
         folder_csv="labels.csv",      # folder: the CSV inside folder_root
@@ -99,6 +99,8 @@ def get_config() -> ml_collections.ConfigDict:
         lesion_labels="",             # clinician labels of train images, "a.json[,b.csv,masks/]" (MURA,
                                       # folder); pcam_jax/data/clinician_labels.py
         unmatched_labels="error",     # a label naming no train image: "error" | "drop"
+        num_labelled=100,             # fracatlas (masks of its own): masked train images stage 3 sees,
+        labelled_seed=0,              # chosen by a seeded hash (pcam_jax/data/fracatlas.py); -1: all
     ))
 
     c.stage4 = ml_collections.ConfigDict(dict(

@@ -12,6 +12,8 @@ Records (what the TFDS builders store, one per image):
     study_id      str                 images of one study share it (study-level metrics)
     patient_id    str
     body_part     str                 "XR_WRIST", ... ("SYNTHETIC" for synthetic data)
+    hardware      str                 "1" implant/cast present, "0" none, "" unknown (FracAtlas,
+                                      folders with a hardware column; absent from MURA/synthetic)
 
 Splits: synthetic_xray has train, model_selection, test and heldout_labelled (abnormal
 images with masks, disjoint from the rest, for choosing thresholds); mura has train,
@@ -24,7 +26,7 @@ Batches (what `pcam_jax.data.pipeline` yields, numpy, per process):
     mask      float32 (B, S, S) in {0, 1}      lesion mask, same geometric transform as image
     has_mask  bool    (B,)
     valid     bool    (B,)                      False on padding rows of the last eval batch
-    path, study_id, body_part: object arrays of str (B,)  metadata, never sent to devices
+    path, study_id, body_part, hardware: object arrays of str (B,)  metadata, never sent to devices
 `DEVICE_KEYS` names the numeric keys that go to the accelerator.
 """
 
@@ -44,19 +46,23 @@ def resolve_data_dir(config, data_dir: str | None = None) -> str:
 
 
 
-def record_features():
-    """The TFDS features of a record of real radiographs (MURA, a folder): the contract above.
+def record_features(with_hardware: bool = False):
+    """The TFDS features of a record of real radiographs (MURA, a folder, FracAtlas): the
+    contract above; ``hardware`` only ``with_hardware`` (MURA's stored datasets lack it).
 
-    Images of any size, stored as single-channel PNG; TFDS is imported only here (lazily).
+    Images of any size, single channel (PNG, or a JPEG's own bytes); TFDS is imported only here.
     """
     import tensorflow_datasets as tfds
 
     text = tfds.features.Text()
-    return tfds.features.FeaturesDict({
+    features = {
         "image": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
         "label": tfds.features.ClassLabel(names=CLASS_NAMES),
         "lesion_mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
         "has_mask": np.bool_,
         "lesion_labelled": np.bool_,
         "path": text, "study_id": text, "patient_id": text, "body_part": text,
-    })
+    }
+    if with_hardware:
+        features["hardware"] = text
+    return tfds.features.FeaturesDict(features)

@@ -26,6 +26,9 @@ from pcam_jax.data import lesions
 
 UNMATCHED_POLICIES = ("error", "drop")
 NEEDS_LABELS = ("mura", "folder")  # datasets without masks of their own
+# Datasets whose records carry every mask; stage 3's few are chosen when the train split is read:
+# config.stage3.num_labelled images by the seeded rule `fracatlas.labelled_paths` (labelled_seed).
+CHOOSES_LABELLED = ("fracatlas",)
 _LISTED = 3
 
 
@@ -61,8 +64,8 @@ def check_config(config, needs_labelled: bool = False) -> None:
             "set --config.stage3.lesion_labels=FILE[,FILE] (COCO .json, box .csv or a folder of "
             "mask PNGs keyed by image path; see pcam_jax/data/lesions.py).")
     if train_sources and eval_sources:
-        both = (set().union(*(lesions.label_paths(s) for s in train_sources))
-                & set().union(*(lesions.label_paths(s) for s in eval_sources)))
+        keys = lambda sources: {lesions.path_key(p) for s in sources for p in lesions.label_paths(s)}
+        both = keys(train_sources) & keys(eval_sources)
         if both:
             raise ValueError(
                 f"config.stage3.lesion_labels and config.eval.lesion_labels both label {len(both)} "
@@ -84,9 +87,9 @@ def match(sources, sizes_by_split: dict[str, dict], *, use: tuple[str, ...], fie
     for split, split_sizes in sizes_by_split.items():
         sizes.update(split_sizes)
         split_of.update(dict.fromkeys(split_sizes, split))
-    unknown, masks = [], {}
-    for source in sources:
-        for path, mask in lesions.load_lesion_masks(source, sizes, unknown=unknown).items():
+    unknown, masks, report = [], {}, lesions.LabelReport()
+    for source in sources:  # a bad annotation is skipped and counted, never the whole run
+        for path, mask in lesions.load_lesion_masks(source, sizes, unknown=unknown, report=report).items():
             masks[path] = masks[path] | mask if path in masks else mask
     where = " or ".join(sizes_by_split)
     section = field.split(".")[1]
@@ -102,6 +105,8 @@ def match(sources, sizes_by_split: dict[str, dict], *, use: tuple[str, ...], fie
     notes = [f"{n} on {split} images (unused)" for split, n in sorted(elsewhere.items())]
     if unknown:
         notes.append(f"{len(unknown)} unmatched entries dropped")
+    if report.summary():
+        notes.append(report.summary())
     print(f"{field}: {len(used)} labelled {'/'.join(use)} images from {len(sources)} source(s)"
           + (f"; {', '.join(notes)}" if notes else ""), flush=True)
     if not used:
@@ -110,10 +115,36 @@ def match(sources, sizes_by_split: dict[str, dict], *, use: tuple[str, ...], fie
     return used
 
 
+def chosen_labelled(config, train_records):
+    """Train records of a `CHOOSES_LABELLED` dataset with lesion_labelled True on the
+    ``config.stage3.num_labelled`` masked images the seeded rule picks; prints how many."""
+    from pcam_jax.data import fracatlas, pipeline
+
+    tf = pipeline.tf
+    masked = [p.decode() for p, has in train_records.map(lambda r: (r["path"], r["has_mask"]))
+              .as_numpy_iterator() if has]
+    n, seed = int(config.stage3.num_labelled), int(config.stage3.labelled_seed)
+    chosen = sorted(fracatlas.labelled_paths(masked, n, seed))
+    if not chosen:
+        raise LabelMatchError(f"config.stage3.num_labelled={n}: no masked train image to label.")
+    print(f"config.stage3: {len(chosen)} of {len(masked)} masked train images labelled for stage 3 "
+          f"(num_labelled={n}, labelled_seed={seed})", flush=True)
+    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(chosen), tf.ones(len(chosen), tf.bool)), default_value=False)
+    return train_records.map(lambda r: {**r, "lesion_labelled": table.lookup(r["path"])})
+
+
 def training_records(config, train_records, model_selection_records):
     """Train records with the masks of ``config.stage3.lesion_labels`` attached (lesion_labelled
-    True on those images); the records unchanged when no labels are configured."""
+    True on those images), or of `CHOOSES_LABELLED` datasets with their chosen few marked; the
+    records unchanged when no labels are configured."""
     sources = parse_sources(config.stage3.lesion_labels)
+    if config.data.dataset in CHOOSES_LABELLED:
+        if sources:
+            raise ValueError(f"dataset {config.data.dataset!r} has its own masks: choose stage 3's "
+                             "images with --config.stage3.num_labelled=N (and labelled_seed), not "
+                             "config.stage3.lesion_labels.")
+        return chosen_labelled(config, train_records)
     if not sources:
         return train_records
     from pcam_jax.data import pipeline

@@ -3,7 +3,7 @@
 What it reads: a folder of images (8- or 16-bit PNG, TIFF, JPEG, DICOM in any mix) and a CSV
 in it (default ``labels.csv``) with a header row:
 
-    path,label[,study,patient,body_part,split]
+    path,label[,study,patient,body_part,split,hardware]
     elbow/p1/s1/a.dcm,abnormal,p1/s1,p1,XR_ELBOW
     ...
 
@@ -19,6 +19,8 @@ Records follow the contract in `pcam_jax.data`, shaped like `pcam_jax.data.mura`
     patient_id   the ``patient`` column, else the study id (then each study counts as a patient:
                  give a patient column, or model selection is only study-disjoint)
     body_part    the ``body_part`` column, else "UNSPECIFIED"
+    hardware     the ``hardware`` column (1/0: an implant or cast is visible), else "" (unknown):
+                 `pcam-jax evaluate` compares the subgroups (the shortcut a classifier may take)
 
 Splits ``train``, ``model_selection`` and ``test``, always patient-disjoint:
     with a ``split`` column (train | model_selection | test per row): as written; a patient in
@@ -58,12 +60,12 @@ from pcam_jax.data.radiographs import RadiographReadError, read_radiograph_with_
 DEFAULT_CSV = "labels.csv"
 SPLITS = ("train", "model_selection", "test")
 REQUIRED_COLUMNS = ("path", "label")
-OPTIONAL_COLUMNS = ("study", "patient", "body_part", "split")
+OPTIONAL_COLUMNS = ("study", "patient", "body_part", "split", "hardware")
 UNSPECIFIED_BODY_PART = "UNSPECIFIED"
 _LABELS = {"0": 0, "1": 1, "normal": 0, "abnormal": 1}
 _MAX_LISTED = 20
-_CSV_HELP = ("a CSV with a header row 'path,label[,study,patient,body_part,split]', paths relative "
-             "to the folder, label 0/1 or normal/abnormal")
+_CSV_HELP = ("a CSV with a header row 'path,label[,study,patient,body_part,split,hardware]', paths "
+             "relative to the folder, label 0/1 or normal/abnormal, hardware 0/1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +79,7 @@ class FolderEntry:
     patient_id: str
     body_part: str
     split: str | None
+    hardware: str = ""
 
 
 def in_test(patient_id: str, fraction: float) -> bool:
@@ -131,9 +134,12 @@ def read_entries(csv_path) -> tuple[list[FolderEntry], str]:
             raise ValueError(f"{csv_path} rows {rows[path]} and {number} both list {path}; remove "
                              "the duplicate row.")
         rows[path] = number
+        hardware = _cell(cells, "hardware")
+        if hardware not in ("", "0", "1"):
+            raise ValueError(f"{where}: hardware {hardware!r}; expected 0, 1 or empty (unknown).")
         study = _cell(cells, "study") or path
         entries.append(FolderEntry(number, path, label, study, _cell(cells, "patient") or study,
-                                   _cell(cells, "body_part") or UNSPECIFIED_BODY_PART, split))
+                                   _cell(cells, "body_part") or UNSPECIFIED_BODY_PART, split, hardware))
     if not entries:
         raise ValueError(f"{csv_path} lists no images; write {_CSV_HELP}.")
     return entries, patients_from
@@ -199,8 +205,9 @@ def _source(root, csv_name: str) -> dict:
 class RadiographFolder(tfds.core.GeneratorBasedBuilder):
     """A folder of radiographs (PNG, TIFF, DICOM) labelled by a CSV, one record per image."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Folder + CSV of radiographs, patient-disjoint splits."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Folder + CSV of radiographs, patient-disjoint splits.",
+                     "1.1.0": "A hardware column (0/1, empty: unknown) per record."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = (f"Put the images and {DEFAULT_CSV} ({_CSV_HELP}) in one folder "
                                     "and pass it as root.")
     BUILDER_CONFIGS = [FolderConfig(name="default", description="0.1 model selection, 0.2 test",
@@ -216,7 +223,7 @@ class RadiographFolder(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             description="The user's radiographs from a folder and a CSV (see pcam_jax.data.folder).",
-            features=record_features(),
+            features=record_features(with_hardware=True),
             supervised_keys=("image", "label"),
             metadata=tfds.core.MetadataDict(),
         )
@@ -271,7 +278,7 @@ class RadiographFolder(tfds.core.GeneratorBasedBuilder):
                 "image": to_uint8(image)[..., None], "label": entry.label,
                 "lesion_mask": placeholder, "has_mask": False, "lesion_labelled": False,
                 "path": entry.path, "study_id": entry.study_id, "patient_id": entry.patient_id,
-                "body_part": entry.body_part,
+                "body_part": entry.body_part, "hardware": entry.hardware,
             }
         if skipped:
             logging.warning("skip_corrupt: skipped %d unreadable images in %s: %s",

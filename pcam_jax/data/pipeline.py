@@ -32,7 +32,7 @@ from pcam_jax.data import resolve_data_dir
 
 tf = runtime.tensorflow()  # tf.data only needs the CPU; every accelerator is left to JAX
 
-METADATA_KEYS = ("path", "study_id", "body_part")
+METADATA_KEYS = ("path", "study_id", "body_part", "hardware")
 _ENCODED_MAGIC = (b"\x89PN", b"\xff\xd8\xff")  # PNG, JPEG
 _TRAIN_SALT, _LABELLED_SALT = 1, 2
 Batch = dict[str, np.ndarray]
@@ -368,22 +368,26 @@ def _builder(config, data_dir: str | None):
                 f"MURA is not prepared in {builder.data_dir!r}; run `pcam-jax prepare mura "
                 "--manual-dir DIR` first (see pcam_jax.data.mura.MANUAL_DOWNLOAD_INSTRUCTIONS).")
         return builder
+    if config.data.dataset == "fracatlas":
+        from pcam_jax.data import fracatlas
+        return fracatlas.prepared_builder(data_dir, model_selection_fraction=config.data.model_selection_fraction)
     if config.data.dataset == "folder":
         from pcam_jax.data import folder
         return folder.prepared_builder(
             data_dir, root=config.data.folder_root or None, csv_name=config.data.folder_csv,
             model_selection_fraction=config.data.model_selection_fraction,
             test_fraction=config.data.folder_test_fraction)
-    raise ValueError(f"config.data.dataset must be 'synthetic', 'mura' or 'folder', got "
+    raise ValueError(f"config.data.dataset must be 'synthetic', 'mura', 'fracatlas' or 'folder', got "
                      f"{config.data.dataset!r}.")
 
 
 def load_records(config, split: str, data_dir: str | None = None):
-    """The records of one split, images (and masks) left as encoded bytes, in stored order."""
+    """The records of one split (or of several joined by "+", e.g. "train+model_selection+test":
+    a whole external set), images (and masks) left as encoded bytes, in stored order."""
     import tensorflow_datasets as tfds
 
     builder = _builder(config, data_dir)
-    if split not in builder.info.splits:
+    if any(part not in builder.info.splits for part in split.split("+")):
         raise ValueError(f"Dataset {builder.name!r} has no split {split!r}; it has "
                          f"{sorted(builder.info.splits)}.")
     features = builder.info.features

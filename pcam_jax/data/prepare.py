@@ -14,7 +14,7 @@ import os
 
 from pcam_jax import runtime
 
-DATASETS = ("mura", "synthetic")
+DATASETS = ("mura", "fracatlas", "synthetic")
 
 
 def prepare_mura(manual_dir, data_dir, *, model_selection_fraction: float = 0.1,
@@ -33,6 +33,20 @@ def prepare_mura(manual_dir, data_dir, *, model_selection_fraction: float = 0.1,
           f"skip_corrupt={skip_corrupt}, label_policy={label_policy}) ...", flush=True)
     return mura.prepare(manual_dir, data_dir, model_selection_fraction=model_selection_fraction,
                         skip_corrupt=skip_corrupt, label_policy=label_policy)
+
+
+def prepare_fracatlas(manual_dir, data_dir, *, model_selection_fraction: float):
+    """Builds FracAtlas with progress output; returns the builder (see `summary`)."""
+    if not manual_dir:
+        raise ValueError("--manual_dir is required: the FracAtlas folder (images/, dataset.csv, "
+                         "Annotations/) or the folder that holds it.")
+    runtime.tensorflow()  # before TFDS touches TensorFlow
+    from pcam_jax.data import fracatlas
+
+    root = fracatlas.find_root(manual_dir)
+    print(f"Building FracAtlas from {root} into {data_dir} (model_selection_fraction="
+          f"{model_selection_fraction}) ...", flush=True)
+    return fracatlas.prepare(root, data_dir, model_selection_fraction=model_selection_fraction)
 
 
 def prepare_synthetic(synthetic_config, data_dir):
@@ -62,12 +76,34 @@ def summary(builder) -> str:
     if "num_patients" in meta:
         patients = meta["num_patients"].items()
         lines.append("  patients: " + ", ".join(f"{split} {n}" for split, n in patients))
+    if "num_fractures" in meta:
+        lines.append("  fractured: " + ", ".join(f"{split} {n}" for split, n in meta["num_fractures"].items()))
+    lines += fracatlas_notes(meta)
     skipped = [p for paths in (meta.get("skipped_corrupt") or {}).values() for p in paths]
     if skipped:
         lines.append(f"  skipped {len(skipped)} unreadable images (skip_corrupt):")
         lines += [f"    {p}" for p in skipped]
-    if meta.get("label_disagreements"):
+    if meta.get("label_disagreements") and meta.get("label_policy") != "folder":
         lines.append(f"  {len(meta['label_disagreements'])} studies took their CSV label over "
                      "their folder (label_policy=trust_csv):")
         lines += [f"    {d['study_id']}" for d in meta["label_disagreements"]]
     return "\n".join(lines)
+
+
+def fracatlas_notes(meta) -> list[str]:
+    """What the FracAtlas build skipped, turned, clipped or found disagreeing (`pcam_jax.data.fracatlas`)."""
+    if "skipped_unreadable" not in meta:
+        return []
+    lines = [f"  skipped {len(meta['skipped_unreadable'])} unreadable images:"]
+    lines += [f"    {line}" for line in meta["skipped_unreadable"]]
+    disagree = meta["label_disagreements"]
+    lines.append(f"  {len(disagree)} images whose folder and dataset.csv 'fractured' disagree (the folder wins)"
+                 + "".join(f"\n    {d['path']}: folder {d['folder_label']}, csv {d['csv_fractured']}" for d in disagree))
+    lines.append(f"  {len(meta['orientation_fixed'])} images turned upright by their EXIF orientation")
+    notes = meta["annotations"]
+    lines.append(f"  COCO: {len(notes['clipped'])} annotations clipped to the image edge, "
+                 f"{len(notes['skipped'])} skipped, {len(notes['unknown_images'])} naming no image of the copy")
+    lines += [f"    skipped: {line}" for line in notes["skipped"]]
+    if meta["fractured_without_mask"]:
+        lines.append(f"  {len(meta['fractured_without_mask'])} fractured images without a mask")
+    return lines

@@ -31,8 +31,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-CACHE_VERSION = 2   # 2: the key holds the dataset's build settings and the lesion labels' fingerprint
-METADATA_KEYS = ("path", "study_id", "body_part")
+CACHE_VERSION = 3   # 2: the key holds the dataset's build settings and the lesion labels' fingerprint; 3: hardware
+METADATA_KEYS = ("path", "study_id", "body_part", "hardware")
 _TRAIN_SALT, _LABELLED_SALT = 11, 12
 
 
@@ -77,6 +77,8 @@ def lesion_labels_fingerprint(config) -> str:
     from pcam_jax.data import clinician_labels
 
     sources = clinician_labels.parse_sources(config.stage3.lesion_labels)
+    if config.data.dataset in clinician_labels.CHOOSES_LABELLED:  # its own masks, N chosen when read
+        return f"num_labelled={int(config.stage3.num_labelled)},seed={int(config.stage3.labelled_seed)}"
     if not sources:
         return ""
     digest = hashlib.sha256(str(config.stage3.unmatched_labels).encode())
@@ -98,6 +100,8 @@ def dataset_settings(config) -> str:
         from pcam_jax.data import synthetic_builder
 
         return synthetic_builder.config_name(config.synthetic)
+    if data.dataset == "fracatlas":
+        return f"model_selection={data.model_selection_fraction}"
     if data.dataset == "mura":
         return f"model_selection={data.model_selection_fraction},skip_corrupt={bool(data.skip_corrupt)}"
     if data.dataset == "folder":
