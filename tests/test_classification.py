@@ -132,3 +132,35 @@ def test_per_group_metrics_match_subsets():
         assert metrics["accuracy"] == pytest.approx(correct / len(members))
     per_study = cls.per_group_metrics(probs, labels, groups, study_ids=ids)
     assert per_study["XR_HAND"]["n_studies"] == len(set(ids[groups == "XR_HAND"]))
+
+
+# ---------------------------------------------------------------- real-data additions (issue 20)
+
+
+def test_youden_threshold_equals_a_brute_force_search():
+    from pcam_jax.evaluation import real_data
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 60)
+    probs = np.clip(0.3 * labels + rng.normal(0.35, 0.2, 60), 0, 1).round(2)  # ties on purpose
+    t = real_data.youden_threshold(probs, labels)
+    j = lambda t: np.mean(probs[labels == 1] > t) - np.mean(probs[labels == 0] > t)
+    grid = np.linspace(-0.01, 1.01, 2041)
+    assert j(t) == pytest.approx(max(j(g) for g in grid))
+    assert real_data.youden_threshold([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == pytest.approx(0.5)
+
+
+def test_hardware_report_by_hand():
+    from pcam_jax.evaluation import real_data
+
+    probs = np.array([0.9, 0.8, 0.2, 0.7, 0.6, 0.1])
+    labels = np.array([1, 1, 0, 0, 1, 0])
+    hardware = np.array(["1", "0", "0", "1", "0", ""])
+    r = real_data.hardware_report(probs, labels, hardware)
+    # hardware-free: probs 0.8 (1), 0.2 (0), 0.6 (1): both positives above the negative -> 1.0
+    assert r["auroc_hardware_free"] == 1.0 and r["n_hardware_free"] == 3 and r["n_unknown"] == 1
+    # all six: positives 0.9, 0.8, 0.6 vs negatives 0.2, 0.7, 0.1: 8 of 9 pairs ordered
+    assert r["auroc_all"] == pytest.approx(8 / 9)
+    assert r["p_abnormal_normal_with_hardware"] == pytest.approx(0.7)
+    assert r["p_abnormal_normal_without_hardware"] == pytest.approx(0.2)
+    assert real_data.hardware_report(probs, labels, [""] * 6) is None

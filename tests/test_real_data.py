@@ -213,3 +213,53 @@ def test_mask_png_of_the_wrong_size_names_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"a.png is \(5, 8\) \(H, W\) but its image is \(8, 8\)"):
         clinician_labels.match([tmp_path], {"train": {"t/a.png": (8, 8)}}, use=("train",),
                                field="config.stage3.lesion_labels")
+
+
+@slow
+def test_external_validation_on_a_folder_of_the_same_images_gives_the_same_report(trained, tmp_path):
+    """The valid split laid out as a hospital's folder (labels.csv with split=test, a hardware
+    column, mask PNGs mirroring the paths): `evaluate --external` scores it whole, and since
+    these are the run's own test images with the same patients, every number equals the run's
+    own evaluation."""
+    import csv
+    import shutil
+
+    import PIL.Image
+
+    from pcam_jax.data import mura
+
+    run, _ = trained
+    download = run.parent / "download"
+    root = download / mura.MURA_ROOT
+    entries, _, _ = mura.index_split(root, "valid")
+    folder = tmp_path / "hospital"
+    rows = []
+    for n, e in enumerate(entries):
+        (folder / e.path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(download / e.path, folder / e.path)
+        rows.append(dict(path=e.path, label=e.label, study=e.study_id, patient=e.patient_id,
+                         body_part=e.body_part, split="test", hardware=n % 2))
+    with open(folder / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    sizes = {e.path: PIL.Image.open(download / e.path).size[::-1] for e in entries}
+    for path, mask in lesions.load_lesion_masks(download / "lesions_valid.json", sizes).items():
+        (folder / "masks" / path).parent.mkdir(parents=True, exist_ok=True)
+        PIL.Image.fromarray(mask * 255).save(folder / "masks" / path)
+    assert pcam_jax_command("evaluate", "--workdir", run, "--external", folder, "--out", tmp_path / "ext") == 0
+    own = json.loads((run / "eval" / "metrics.json").read_text())
+    ext = json.loads((tmp_path / "ext" / "metrics.json").read_text())
+    assert ext["dataset"] == "folder" and ext["split"] == "test"
+    for stage in ("stage1", "stage2", "stage3"):
+        for level in ("image", "image_at_model_selection_threshold"):
+            assert ext["classification"][stage][level]["counts"] == own["classification"][stage][level]["counts"]
+            assert ext["classification"][stage][level]["auroc"] == pytest.approx(own["classification"][stage][level]["auroc"])
+    assert ext["model_selection_thresholds"] == own["model_selection_thresholds"]
+    for name, scores in own["localisation"].items():
+        for key in ("n_images", "pointing_game", "pxap"):
+            assert ext["localisation"][name][key] == pytest.approx(scores[key]), (name, key)
+    hardware = ext["hardware"]["stage1"]
+    assert hardware["n_hardware_free"] + hardware["n_hardware"] == len(rows)
+    report = (tmp_path / "ext" / "report.md").read_text()
+    assert "Shortcut reliance: hardware" in report and "model_selection operating point" in report

@@ -29,6 +29,9 @@ EXTRA_METHODS = flags.DEFINE_list("methods", [], "evaluate: map methods scored b
 LESION_LABELS = flags.DEFINE_string("lesion_labels", None, "evaluate: clinician labels of test images "
                                     "(COCO .json, box .csv, mask folder; comma-separated), overriding "
                                     "the run's config.eval.lesion_labels.")
+EXTERNAL = flags.DEFINE_string("external", None, "evaluate: external validation on a labelled folder "
+                                "(labels.csv: path,label[,split,body_part,hardware]; mask PNGs mirroring the "
+                                "image paths in FOLDER/masks) instead of the run's test split.")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "maps: images per forward pass.")
 
 # prepare

@@ -123,7 +123,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict(dict(
         # The sections of `pcam-jax evaluate`, in order (pcam_jax/evaluation/evaluators.py).
-        evaluators="classification,localisation,trust,shortcuts,confusion_matrix",
+        evaluators="classification,operating_point,localisation,trust,shortcuts,hardware,confusion_matrix",
         pointing_tolerance=-1.0,      # pixels; < 0: 15 px at 320 px, scaled with the image (6 px at 128)
         score_cam_chunk=32,           # channels per batched forward in Score-CAM
         num_figure_images=6,

@@ -25,7 +25,7 @@ Records follow the contract in `pcam_jax.data`, shaped like `pcam_jax.data.mura`
 Splits ``train``, ``model_selection`` and ``test``, always patient-disjoint:
     with a ``split`` column (train | model_selection | test per row): as written; a patient in
         two splits stops the build. Without model_selection rows, model selection is carved out
-        of train as below.
+        of train as below. A split no row names is left out (an external test set: all "test").
     without it: ``test`` holds the patients whose hashed id falls below ``test_fraction``;
         ``model_selection`` the remaining patients for which `mura.in_model_selection` holds at
         ``model_selection_fraction``; ``train`` the rest. Hashes, not row order, decide.
@@ -241,6 +241,8 @@ class RadiographFolder(tfds.core.GeneratorBasedBuilder):
         config = self.builder_config
         splits, policy = assign_splits(entries, config.model_selection_fraction,
                                        config.test_fraction)
+        if policy == "column":  # a split the column never names is left out: an external
+            splits = {n: es for n, es in splits.items() if es}  # set may be all "test"
         for name, split_entries in splits.items():
             if not split_entries:
                 raise ValueError(

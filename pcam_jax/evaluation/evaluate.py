@@ -29,13 +29,13 @@ import numpy as np
 from pcam_jax.run import analysis
 from pcam_jax import maps as maps_lib
 from pcam_jax.data import resolve_data_dir
-from pcam_jax.evaluation import progress, evaluators, report, shortcuts
+from pcam_jax.evaluation import progress, evaluators, real_data, report, shortcuts
 from pcam_jax.training import checkpointing, stages as stages_lib
 
 
 
-TEST_SPLIT = {"synthetic": "test", "mura": "valid"}
-THRESHOLD_SPLIT = {"synthetic": "heldout_labelled"}
+TEST_SPLIT = {"synthetic": "test", "mura": "valid", "fracatlas": "test"}
+THRESHOLD_SPLIT = {"synthetic": "heldout_labelled", "fracatlas": "model_selection"}
 
 
 def _collect_batch(batch: dict, runs: dict, out: dict) -> None:
@@ -48,6 +48,7 @@ def _collect_batch(batch: dict, runs: dict, out: dict) -> None:
     out["labels"].append(batch["label"][valid])
     out["study_id"].append(batch["study_id"][valid])
     out["body_part"].append(batch["body_part"][valid])
+    out["hardware"].append(batch["hardware"][valid])
     for stage, run in runs.items():
         out["probs"][stage].append(run.predict(batch["image"][valid]))
     if keep.any():
@@ -97,7 +98,7 @@ def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *,
     if records is None:
         records = pipeline.load_records(config, split, data_dir)
     size = int(config.data.image_size)
-    out = {"probs": {s: [] for s in runs}, "labels": [], "study_id": [], "body_part": [],
+    out = {"probs": {s: [] for s in runs}, "labels": [], "study_id": [], "body_part": [], "hardware": [],
            "maps": {f"stage{s}/{m}": [] for s in runs for m in methods[s]},
            "masks": [], "mask_body_part": [], "images": [], "n_empty_masks": 0, "queued": []}
     sections = sections or progress.Sections(show=False)
@@ -112,7 +113,7 @@ def _collect(runs: dict[int, analysis.Run], config, split: str, data_dir, *,
     return {
         "probs": {s: cat(v) for s, v in out["probs"].items()},
         "labels": cat(out["labels"]).astype(np.int32),
-        "study_id": cat(out["study_id"]), "body_part": cat(out["body_part"]),
+        "study_id": cat(out["study_id"]), "body_part": cat(out["body_part"]), "hardware": cat(out["hardware"]),
         "maps": {k: cat(v, (0, size, size)) for k, v in out["maps"].items()},
         "masks": cat(out["masks"], (0, size, size)), "mask_body_part": cat(out["mask_body_part"]),
         "images": cat(out["images"], (0, size, size)),
@@ -164,7 +165,8 @@ def _to_json(value):
 def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None = None,
                      out_dir=None, which: str | int = "best", verbose: bool = True,
                      lesion_labels: str | None = None, stages=None,
-                     methods: dict[int, tuple[str, ...]] | None = None, extra_methods: tuple[str, ...] = ()) -> dict:
+                     methods: dict[int, tuple[str, ...]] | None = None, extra_methods: tuple[str, ...] = (),
+                     external=None) -> dict:
     """Evaluates every trained stage in `workdir`; writes and returns the metrics dict.
 
     ``lesion_labels`` overrides the run's ``config.eval.lesion_labels`` (clinician masks of
@@ -172,9 +174,12 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
     (default: all); ``methods`` ({stage: map methods}) scores fewer maps than a stage's
     ``map_methods`` (e.g. stage 1's CAM and positive CAM without Score-CAM: `pcam_jax.study`);
     ``extra_methods`` adds classifier maps of the registry (``--methods integrated_gradients``) to
-    every stage with a trained classifier."""
+    every stage with a trained classifier. ``external``: a labelled folder scored whole instead of
+    the run's test split, into ``<workdir>/eval_external/<folder name>`` by default
+    (`pcam_jax.evaluation.real_data`)."""
     workdir = pathlib.Path(workdir)
-    out_dir = pathlib.Path(out_dir) if out_dir else workdir / "eval"
+    out_dir = pathlib.Path(out_dir) if out_dir else (
+        workdir / "eval_external" / pathlib.Path(external).resolve().name if external else workdir / "eval")
     trained = checkpointing.trained_stages(workdir)
     stages = trained if stages is None else [s for s in stages_lib.parse(stages) if s in trained]
     if not stages:
@@ -191,8 +196,13 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
     if lesion_labels is not None:
         with config.unlocked():
             config.eval.lesion_labels = lesion_labels
-    dataset = config.data.dataset
     data_dir = resolve_data_dir(config, data_dir)
+    with sections.section("model_selection operating point", total=1, unit="split") as bar:
+        thresholds = real_data.operating_thresholds(runs, config, data_dir) if config.data.dataset != "synthetic" else {}
+        bar.update()
+    if external:
+        config, data_dir, split = real_data.external_setup(config, external, out_dir / "data", lesion_labels)
+    dataset = config.data.dataset
     split = split or TEST_SPLIT.get(dataset, "test")
     for stage, run in runs.items():
         if run.config.data.image_size != config.data.image_size:
@@ -212,7 +222,8 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
                                                    sections)
     ev = evaluators.Evaluation(runs, config, test, held, threshold_split, methods, out_dir, metrics={
         "split": split, "dataset": dataset, "workdir": str(workdir),
-        "checkpoint_steps": {f"stage{s}": r.step for s, r in runs.items()}}, progress=sections)
+        "checkpoint_steps": {f"stage{s}": r.step for s, r in runs.items()},
+        "model_selection_thresholds": {f"stage{s}": t for s, t in thresholds.items()}}, progress=sections)
     for evaluator in chosen:  # config.eval.evaluators, in its order (`pcam_jax.evaluation.evaluators`)
         if evaluator.applies(ev) and evaluator.own_progress:  # its own named bars, with ETAs
             evaluator.run(ev)

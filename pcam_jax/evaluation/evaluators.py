@@ -9,6 +9,8 @@ collects the test split once and hands every evaluator the same `Evaluation`.
                      labelled images), per body part, PR curves, Figure 2
     trust            faithfulness and sanity of the maps (`pcam_jax.evaluation.trust`)
     shortcuts        what each classifier relies on, on counterfactual synthetic renders
+    operating_point  real data: the metrics at each stage's threshold chosen on model_selection
+    hardware         real data with a hardware flag: AUROC without it, P(abnormal) of normals with it
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pcam_jax import maps as maps_lib
-from pcam_jax.evaluation import by_body_part, figures, shortcuts, trust
+from pcam_jax.evaluation import by_body_part, figures, real_data, shortcuts, trust
 from pcam_jax.evaluation import progress as progress_lib
 from pcam_jax.metrics import classification as classification_metrics, localisation as localisation_metrics
 from pcam_jax.training import stages as stages_lib
@@ -211,6 +213,9 @@ EVALUATORS: dict[str, Evaluator] = {e.name: e for e in (
               own_progress=True),
     Evaluator("shortcuts", lambda ev: ev.config.data.dataset == "synthetic" and int(ev.config.eval.shortcut_limbs) > 0,
               shortcut_section, own_progress=True),
+    Evaluator("operating_point", lambda ev: bool(ev.metrics.get("model_selection_thresholds")),
+              real_data.operating_point_section),
+    Evaluator("hardware", real_data.has_hardware, real_data.hardware_section),
     Evaluator("confusion_matrix", lambda ev: True, confusion_matrix),
 )}
 
