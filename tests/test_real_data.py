@@ -263,3 +263,22 @@ def test_external_validation_on_a_folder_of_the_same_images_gives_the_same_repor
     assert hardware["n_hardware_free"] + hardware["n_hardware"] == len(rows)
     report = (tmp_path / "ext" / "report.md").read_text()
     assert "Shortcut reliance: hardware" in report and "model_selection operating point" in report
+
+
+def test_fracatlas_stage3_set_is_the_seeded_choice_among_masked_train_images(capsys):
+    from pcam_jax.configs import get_config
+    from pcam_jax.data import fracatlas, pipeline
+
+    tf = pipeline.tf
+    paths = [f"images/{'Fractured' if n % 3 else 'Non_fractured'}/IMG{n:07d}.jpg" for n in range(30)]
+    records = tf.data.Dataset.from_tensor_slices(
+        {"path": paths, "has_mask": ["/Fractured/" in p for p in paths], "lesion_labelled": [False] * 30})
+    config = get_config("fracatlas")
+    config.stage3.num_labelled, config.stage3.labelled_seed = 5, 7
+    marked = {r["path"].decode() for r in clinician_labels.training_records(config, records, None)
+              .as_numpy_iterator() if r["lesion_labelled"]}
+    assert marked == fracatlas.labelled_paths([p for p in paths if "/Fractured/" in p], 5, seed=7)
+    assert "5 of 20 masked train images labelled for stage 3" in capsys.readouterr().out
+    config.stage3.lesion_labels = "labels.json"
+    with pytest.raises(ValueError, match="num_labelled"):
+        clinician_labels.training_records(config, records, None)

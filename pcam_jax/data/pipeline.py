@@ -355,35 +355,31 @@ def image_sizes(records) -> dict[str, tuple[int, int]]:
 # ----------------------------------------------------------------------------- loaders
 
 def _builder(config, data_dir: str | None):
-    data_dir = resolve_data_dir(config, data_dir)
-    if config.data.dataset == "synthetic":
-        from pcam_jax.data import synthetic_builder
+    data_dir, data = resolve_data_dir(config, data_dir), config.data
+    from pcam_jax.data import folder, fracatlas, mura, synthetic_builder
+
+    if data.dataset == "synthetic":
         return synthetic_builder.prepare(config.synthetic, data_dir)
-    if config.data.dataset == "mura":
-        from pcam_jax.data import mura
-        builder = mura.builder(data_dir, model_selection_fraction=config.data.model_selection_fraction,
-                               skip_corrupt=config.data.skip_corrupt)
-        if not builder.is_prepared():
-            raise FileNotFoundError(
-                f"MURA is not prepared in {builder.data_dir!r}; run `pcam-jax prepare mura "
-                "--manual-dir DIR` first (see pcam_jax.data.mura.MANUAL_DOWNLOAD_INSTRUCTIONS).")
-        return builder
-    if config.data.dataset == "fracatlas":
-        from pcam_jax.data import fracatlas
-        return fracatlas.prepared_builder(data_dir, model_selection_fraction=config.data.model_selection_fraction)
-    if config.data.dataset == "folder":
-        from pcam_jax.data import folder
-        return folder.prepared_builder(
-            data_dir, root=config.data.folder_root or None, csv_name=config.data.folder_csv,
-            model_selection_fraction=config.data.model_selection_fraction,
-            test_fraction=config.data.folder_test_fraction)
-    raise ValueError(f"config.data.dataset must be 'synthetic', 'mura', 'fracatlas' or 'folder', got "
-                     f"{config.data.dataset!r}.")
+    if data.dataset == "fracatlas":
+        return fracatlas.prepared_builder(data_dir, model_selection_fraction=data.model_selection_fraction)
+    if data.dataset == "folder":
+        return folder.prepared_builder(data_dir, root=data.folder_root or None, csv_name=data.folder_csv,
+                                       model_selection_fraction=data.model_selection_fraction,
+                                       test_fraction=data.folder_test_fraction)
+    if data.dataset != "mura":
+        raise ValueError(f"config.data.dataset must be synthetic, mura, fracatlas or folder, got {data.dataset!r}.")
+    builder = mura.builder(data_dir, model_selection_fraction=data.model_selection_fraction,
+                           skip_corrupt=data.skip_corrupt)
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"MURA is not prepared in {builder.data_dir!r}; run `pcam-jax prepare mura "
+            "--manual-dir DIR` first (see pcam_jax.data.mura.MANUAL_DOWNLOAD_INSTRUCTIONS).")
+    return builder
 
 
 def load_records(config, split: str, data_dir: str | None = None):
-    """The records of one split (or of several joined by "+", e.g. "train+model_selection+test":
-    a whole external set), images (and masks) left as encoded bytes, in stored order."""
+    """The records of one split (or "a+b+c": several, a whole external set), images and masks as
+    encoded bytes, in stored order."""
     import tensorflow_datasets as tfds
 
     builder = _builder(config, data_dir)
