@@ -25,12 +25,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.stage1.class_weighted = True
     c.stage1.abnormal_fraction = 0.367       # 393 of 1,072 train images fractured
     c.stage1.num_epochs = 20
-    c.stage2.num_epochs = 5
+    c.stage2.num_epochs = 3
     c.stage2.init_from = "stage1"
-    c.stage3.num_epochs = 5
+    c.stage3.num_epochs = 3
     c.stage3.lesion_loss = "balanced_mse"    # plain MSE collapses to ~0 on fractures < 1 % of the image
     c.stage3.num_labelled = 100
-    c.stage4.num_epochs = 5
+    c.stage4.num_epochs = 3
     c.train.log_every_steps = 20
     c.train.image_summary_every_steps = 200
     c.eval.trust_images = 0                  # faithfulness programs: minutes each at 256 px on CPU

@@ -179,21 +179,24 @@ class FolderConfig(tfds.core.BuilderConfig):
     test_fraction: float = 0.2
 
 
-def config_for(model_selection_fraction: float = 0.1, test_fraction: float = 0.2) -> FolderConfig:
-    """The registered ``default`` config for (0.1, 0.2), else one named after the fractions."""
+def fractions_config(builder_class, model_selection_fraction: float, test_fraction: float) -> FolderConfig:
+    """``builder_class``'s registered ``default`` config when the fractions are its own, else a
+    config named after them (a folder, FracAtlas: both split by two hashed fractions)."""
     for name, value in (("model_selection_fraction", model_selection_fraction),
                         ("test_fraction", test_fraction)):
         if not 0.0 < value < 1.0:
             raise ValueError(f"{name}={value}; expected 0 < fraction < 1")
-    default = RadiographFolder.BUILDER_CONFIGS[0]
-    if (model_selection_fraction, test_fraction) == (default.model_selection_fraction,
-                                                     default.test_fraction):
+    default = builder_class.BUILDER_CONFIGS[0]
+    if (model_selection_fraction, test_fraction) == (default.model_selection_fraction, default.test_fraction):
         return default
     return FolderConfig(name=f"ms{model_selection_fraction:g}_test{test_fraction:g}",
-                        description=f"{model_selection_fraction:g} model selection, "
-                                    f"{test_fraction:g} test (of patients)",
-                        model_selection_fraction=model_selection_fraction,
-                        test_fraction=test_fraction)
+                        description=f"{model_selection_fraction:g} model selection, {test_fraction:g} test",
+                        model_selection_fraction=model_selection_fraction, test_fraction=test_fraction)
+
+
+def config_for(model_selection_fraction: float = 0.1, test_fraction: float = 0.2) -> FolderConfig:
+    """The registered ``default`` config for (0.1, 0.2), else one named after the fractions."""
+    return fractions_config(RadiographFolder, model_selection_fraction, test_fraction)
 
 
 def _source(root, csv_name: str) -> dict:

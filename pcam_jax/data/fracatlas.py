@@ -52,7 +52,7 @@ import PIL.ImageOps
 import tensorflow_datasets as tfds
 from etils import epath
 
-from pcam_jax.data import lesions, record_features
+from pcam_jax.data import folder, lesions, record_features
 
 ROOT_NAME = "FracAtlas"
 IMAGE_FOLDERS = {"Fractured": 1, "Non_fractured": 0}
@@ -184,26 +184,9 @@ def encode_mask(mask: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-@dataclasses.dataclass
-class FracAtlasConfig(tfds.core.BuilderConfig):
-    """Builder config: the hashed shares of images for model selection and test."""
-
-    model_selection_fraction: float = 0.15
-    test_fraction: float = 0.2
-
-
-def config_for(model_selection_fraction: float = 0.15, test_fraction: float = 0.2) -> FracAtlasConfig:
+def config_for(model_selection_fraction: float = 0.15, test_fraction: float = 0.2) -> folder.FolderConfig:
     """The registered ``default`` config for (0.15, 0.2), else one named after the fractions."""
-    for name, value in (("model_selection_fraction", model_selection_fraction),
-                        ("test_fraction", test_fraction)):
-        if not 0.0 < value < 1.0:
-            raise ValueError(f"{name}={value}; expected 0 < fraction < 1")
-    default = FracAtlas.BUILDER_CONFIGS[0]
-    if (model_selection_fraction, test_fraction) == (default.model_selection_fraction, default.test_fraction):
-        return default
-    return FracAtlasConfig(name=f"ms{model_selection_fraction:g}_test{test_fraction:g}",
-                           description=f"{model_selection_fraction:g} model selection, {test_fraction:g} test",
-                           model_selection_fraction=model_selection_fraction, test_fraction=test_fraction)
+    return folder.fractions_config(FracAtlas, model_selection_fraction, test_fraction)
 
 
 class FracAtlas(tfds.core.GeneratorBasedBuilder):
@@ -212,7 +195,8 @@ class FracAtlas(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Images as downloaded, COCO masks, hashed image-disjoint splits."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
-    BUILDER_CONFIGS = [FracAtlasConfig(name="default", description="0.15 model selection, 0.2 test")]
+    BUILDER_CONFIGS = [folder.FolderConfig(name="default", description="0.15 model selection, 0.2 test",
+                                           model_selection_fraction=0.15, test_fraction=0.2)]
 
     def __init__(self, *, manual_dir=None, **kwargs):
         self.manual_dir = manual_dir
