@@ -139,11 +139,11 @@ def index(root: epath.Path, model_selection_fraction: float, test_fraction: floa
     """(entries, label disagreements, image files without a table row) of the tree."""
     table = read_table(root / TABLE)
     entries, disagreements, no_row = [], [], []
-    for folder, label in IMAGE_FOLDERS.items():
-        for file in sorted((root / "images" / folder).iterdir()):
+    for class_folder, label in IMAGE_FOLDERS.items():
+        for file in sorted((root / "images" / class_folder).iterdir()):
             if not file.is_file() or file.name.startswith("."):
                 continue
-            path = f"images/{folder}/{file.name}"
+            path = f"images/{class_folder}/{file.name}"
             row = table.get(file.name)
             if row is None:
                 no_row.append(path)
