@@ -24,7 +24,7 @@ def main(argv):
         raise ValueError(f"unknown --method {method!r}; choose from {', '.join(acquisition.ACQUISITIONS)}")
     if flags.NUM_IMAGES.value < 1:
         raise ValueError(f"--n must be at least 1, got {flags.NUM_IMAGES.value}")
-    run = _load_run()
+    run = load_run()
     out = pathlib.Path(flags.OUT.value or pathlib.Path(flags.WORKDIR.value) / "selected.csv")
     excluded = selection.excluded_paths(run.config, flags.EXCLUDE.value)
     records = selection.candidate_records(run.config, excluded, flags.DATA_DIR.value)
@@ -39,7 +39,8 @@ def main(argv):
           f"pcam-jax label --list {out} --out labels.json --workdir {flags.WORKDIR.value}")
 
 
-def _load_run():
+def load_run():
+    """The run of --workdir at --stage (default the last trained) and --which."""
     from pcam_jax.analysis import load
     from pcam_jax.evaluation.evaluate import trained_stages
 
