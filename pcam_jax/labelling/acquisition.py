@@ -22,16 +22,16 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import xlogy
 
 ACQUISITIONS = ("random", "uncertainty", "map_entropy", "map_disagreement", "tta")
 DISAGREEMENT_METHODS = ("cam", "positive_cam", "grad_cam", "layer_cam")
-_EPS = 1e-12
 
 
 def binary_entropy(p):
     """Entropy of Bernoulli(p) in bits, (B,) -> (B,): 1 at p = 0.5, 0 at p in {0, 1}."""
-    p = jnp.clip(p, _EPS, 1.0 - _EPS)
-    return -(p * jnp.log2(p) + (1.0 - p) * jnp.log2(1.0 - p))
+    p = jnp.clip(p, 0.0, 1.0)
+    return -(xlogy(p, p) + xlogy(1.0 - p, 1.0 - p)) / jnp.log(2.0)  # xlogy: 0 log 0 = 0
 
 
 def map_entropy(maps):
@@ -41,7 +41,7 @@ def map_entropy(maps):
     flat = maps.reshape(maps.shape[0], -1)
     total = flat.sum(axis=1, keepdims=True)
     q = jnp.where(total > 0, flat / jnp.where(total > 0, total, 1.0), 1.0 / flat.shape[1])
-    h = -jnp.sum(jnp.where(q > 0, q * jnp.log(jnp.where(q > 0, q, 1.0)), 0.0), axis=1)
+    h = -jnp.sum(xlogy(q, q), axis=1)
     return h / jnp.log(flat.shape[1])
 
 
