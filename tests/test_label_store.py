@@ -124,3 +124,16 @@ def test_file_images_stay_under_their_root(tmp_path):
     assert found.sizes == {"x.png": (3, 4)}
     with pytest.raises(ValueError, match="leads outside --image_root"):
         images_lib.FileImages(tmp_path / "root", ["../outside.png"])
+
+
+def test_the_oracle_labellers_coco_reads_back_as_the_masks():
+    rng = np.random.default_rng(0)
+    masks = {f"img{k}": (rng.random((7, 9)) < 0.3).astype(np.uint8) for k in range(4)}
+    masks["img0"][:, -1] = 1   # runs touching the right border
+    import pathlib, tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "oracle.json"
+        path.write_text(json.dumps(store_lib.coco_from_masks(masks)))
+        back = lesions.masks_from_coco(path, {p: m.shape for p, m in masks.items()})
+    for p, m in masks.items():
+        np.testing.assert_array_equal(back[p], m)

@@ -250,3 +250,29 @@ class LabelStore:
 
     def close(self) -> None:
         self.lock.release()
+
+
+def coco_from_masks(masks: dict) -> dict:
+    """{path: uint8 (H, W)} -> COCO that `pcam_jax.data.lesions.masks_from_coco` reads back exactly:
+    each row's run of lesion pixels as a one-pixel-high box (the oracle labeller of the
+    acquisition study: the dataset's own masks drawn as a clinician's labels)."""
+    images, annotations = [], []
+    for image_id, (path, mask) in enumerate(masks.items(), 1):
+        mask = np.asarray(mask) > 0
+        images.append({"id": image_id, "file_name": path, "height": int(mask.shape[0]),
+                       "width": int(mask.shape[1]), "pcam_status": "labelled"})
+        padded = np.pad(mask, ((0, 0), (1, 1))).astype(np.int8)
+        for row, starts, ends in _runs(padded):
+            for x0, x1 in zip(starts, ends):
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
+                                    "bbox": [int(x0), row, int(x1 - x0), 1], "area": int(x1 - x0), "segmentation": []})
+    return {"images": images, "annotations": annotations, "categories": [CATEGORY]}
+
+
+def _runs(padded: np.ndarray):
+    """(row, run starts, run ends) of each row of a 0/1 array padded with a zero column each side."""
+    steps = np.diff(padded, axis=1)
+    for row in range(padded.shape[0]):
+        starts, ends = np.flatnonzero(steps[row] == 1), np.flatnonzero(steps[row] == -1)
+        if len(starts):
+            yield row, starts, ends
