@@ -52,7 +52,7 @@ def main(argv):
 
 
 def _map_method(run) -> str:
-    from pcam_jax.analysis import METHODS
+    from pcam_jax.run.analysis import METHODS
 
     method = flags.METHOD.value
     if method not in METHODS:

@@ -41,7 +41,7 @@ def main(argv):
 
 def load_run():
     """The run of --workdir at --stage (default the last trained) and --which."""
-    from pcam_jax.analysis import load
+    from pcam_jax.run.analysis import load
     from pcam_jax.evaluation.evaluate import trained_stages
 
     stages = trained_stages(flags.WORKDIR.value)
