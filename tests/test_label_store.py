@@ -137,3 +137,23 @@ def test_the_oracle_labellers_coco_reads_back_as_the_masks():
         back = lesions.masks_from_coco(path, {p: m.shape for p, m in masks.items()})
     for p, m in masks.items():
         np.testing.assert_array_equal(back[p], m)
+
+
+def test_a_monochrome1_dicom_is_served_as_the_model_reads_it(tmp_path):
+    """12 bits stored, MONOCHROME1 (high = dark), no window, behind a TIFF-looking preamble that
+    Pillow would open as a clipped 16-bit image: the page gets 1 - stored / 4095, in 8 bits."""
+    import io
+
+    import PIL.Image
+
+    from tests import dicom_files
+
+    stored = np.arange(6 * 7, dtype=np.int64).reshape(6, 7) * 97  # 0 .. 3977 of 4095
+    (tmp_path / "root").mkdir()
+    dicom_files.write_tiff_looking(dicom_files.dataset(stored, bits_stored=12, photometric="MONOCHROME1"),
+                                   tmp_path / "root" / "cr.dcm")
+    found = images_lib.FileImages(tmp_path / "root", ["cr.dcm"])
+    served = np.asarray(PIL.Image.open(io.BytesIO(found.png("cr.dcm"))))
+    expected = np.round((1.0 - stored / 4095.0) * 255.0)
+    np.testing.assert_array_equal(served, expected)
+    assert found.sizes == {"cr.dcm": (6, 7)}
