@@ -157,3 +157,20 @@ def test_a_monochrome1_dicom_is_served_as_the_model_reads_it(tmp_path):
     expected = np.round((1.0 - stored / 4095.0) * 255.0)
     np.testing.assert_array_equal(served, expected)
     assert found.sizes == {"cr.dcm": (6, 7)}
+
+
+def test_commands_answer_bad_input_with_one_line(tmp_path, capsys):
+    from tests.commands import pcam_jax_command
+
+    PIL = pytest.importorskip("PIL.Image")
+    (tmp_path / "root").mkdir()
+    PIL.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "root" / "x.png")
+    (tmp_path / "list.csv").write_text("path,score,rank\nx.png,1,1\n")
+    labels = tmp_path / "labels.json"
+    (tmp_path / "labels.json.lock").write_text(json.dumps({"pid": os.getpid(), "host": __import__("socket").gethostname()}))
+    code = pcam_jax_command("label", "--list", tmp_path / "list.csv", "--out", labels, "--image_root", tmp_path / "root")
+    err = capsys.readouterr().err
+    assert code == 2 and "is being written by another `pcam-jax label`" in err and "Traceback" not in err
+    assert pcam_jax_command("select", "--workdir", tmp_path, "--method", "entropy") == 2
+    err = capsys.readouterr().err
+    assert "unknown --method 'entropy'; choose from random, uncertainty" in err and "Traceback" not in err
