@@ -74,8 +74,11 @@ def main(argv=None) -> int:
                 body.send_keys("\ue014")  # Right: the next image
                 time.sleep(0.5)
         body.send_keys("\ue007")  # Enter closes the polygon
-        body.send_keys("m")       # the model's map as a suggestion
-        time.sleep(3)
+        body.send_keys("m")       # the model's map as a suggestion (the first one compiles the maps program)
+        for _ in range(600):
+            if driver.execute_script("return labeller.state().mapShown"):
+                break
+            time.sleep(0.1)
         driver.execute_async_script("labeller.idle().then(arguments[0])")
         driver.save_screenshot(args.out)
         print(f"wrote {args.out}")

@@ -130,7 +130,7 @@
   function loadMap() {
     if (!st.hasSuggestion || st.map) return;
     const index = st.index, map = new Image();
-    map.onload = () => { if (st.index === index) { st.map = map; draw(); } };
+    map.onload = () => { if (st.index === index) { st.map = map; draw(); message("model map: a suggestion, not a label"); } };
     map.onerror = () => message("the model map could not be made", true);
     map.src = `/suggestion/${index}.png`;
     message("computing the model map...");
@@ -348,7 +348,7 @@
   // For the browser test (tests/test_label_browser.py): where an image point is on the page, and the state.
   window.labeller = {
     clientPoint(x, y) { const r = canvas.getBoundingClientRect(), [sx, sy] = toScreen(x, y); return [r.left + sx, r.top + sy]; },
-    state: () => ({ index: st.index, item: clone(item()), progress: clone(st.progress), tool: st.tool }),
+    state: () => ({ index: st.index, item: clone(item()), progress: clone(st.progress), tool: st.tool, mapShown: !!(st.showMap && st.map) }),
     idle: () => st.saving.then(() => true),
     ready: false,
   };
