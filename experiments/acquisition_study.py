@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 FUNCTIONS = ("random", "uncertainty", "map_entropy", "map_disagreement", "tta")
-BUDGETS = (30, 100, 10)   # in this order: the target's cells first, should the run be cut short
+BUDGETS = (30, 100, 10)   # in this order, all seeds of one before the next: the target's cells first
 
 
 def _done(results: pathlib.Path) -> dict:
@@ -82,9 +82,10 @@ def score_decoder(run_dir: pathlib.Path, config) -> dict:
             "pointing": float(np.mean(localisation.pointing_game(maps, masks, tolerance))), "test_images": len(maps)}
 
 
-def run_seed(seed: int, workdir: pathlib.Path, functions, budgets, done: dict, results: pathlib.Path) -> None:
-    from pcam_jax import load, study as study_lib
-    from pcam_jax.labelling import selection, store
+def prepare_seed(seed: int, workdir: pathlib.Path) -> dict:
+    """The seed's world and stages 1-2 (trained once, resumed if cut), its oracle and candidates."""
+    from pcam_jax import load
+    from pcam_jax.labelling import selection
     from pcam_jax.training import loop, reporting
 
     config = base_config(seed, workdir)
@@ -96,39 +97,39 @@ def run_seed(seed: int, workdir: pathlib.Path, functions, budgets, done: dict, r
     finally:
         reporter.close()
     print(f"seed {seed}: stages 1-2 ready ({time.time() - t0:.0f} s)", flush=True)
-    oracle = train_masks(config)
-    run2 = load(base, stage=2, which="latest")
-    records = selection.candidate_records(config, set())
-    for budget in budgets:
-        for function in functions:
-            if (seed, function, budget) in done:
-                continue
-            t0 = time.time()
-            ranking = base / f"ranking_{function}.json"
-            if not ranking.is_file():
-                paths, scores = selection.score_candidates(run2, records, function, seed=seed, progress=False)
-                ranking.write_text(json.dumps([p for p, _, _ in selection.rank(paths, scores, len(paths))]))
-            chosen = [p for p in json.loads(ranking.read_text()) if p in oracle][:budget]
-            run_dir = workdir / f"seed{seed}" / f"{function}_{budget}"
-            labels = run_dir / "labels.json"
-            run_dir.mkdir(parents=True, exist_ok=True)
-            store.atomic_write_json(labels, store.coco_from_masks({p: oracle[p] for p in chosen}))
-            for stage in (1, 2):
-                study_lib.copy_stage(base, run_dir, stage)
-            config3 = config.copy_and_resolve_references()
-            with config3.unlocked():
-                config3.stage3.lesion_labels = str(labels.absolute())
-            reporter = reporting.Reporter(run_dir, tensorboard=False)
-            try:
-                loop.train_and_evaluate(config3, run_dir, (3,), reporter=reporter)
-            finally:
-                reporter.close()
-            row = {"seed": seed, "function": function, "labels": len(chosen), **score_decoder(run_dir, config),
-                   "lesion_pixels": int(sum(oracle[p].sum() for p in chosen)), "seconds": round(time.time() - t0, 1)}
-            with results.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            done[(seed, function, budget)] = row
-            print(json.dumps(row), flush=True)
+    return {"seed": seed, "config": config, "base": base, "oracle": train_masks(config),
+            "run2": load(base, stage=2, which="latest"), "records": selection.candidate_records(config, set())}
+
+
+def run_one(world: dict, function: str, budget: int, workdir: pathlib.Path) -> dict:
+    """Stage 3 from the top ``budget`` images of ``function``'s list, labelled by the oracle; scored."""
+    from pcam_jax import study as study_lib
+    from pcam_jax.labelling import selection, store
+    from pcam_jax.training import loop, reporting
+
+    seed, config, base, oracle = world["seed"], world["config"], world["base"], world["oracle"]
+    t0 = time.time()
+    ranking = base / f"ranking_{function}.json"
+    if not ranking.is_file():
+        paths, scores = selection.score_candidates(world["run2"], world["records"], function, seed=seed, progress=False)
+        ranking.write_text(json.dumps([p for p, _, _ in selection.rank(paths, scores, len(paths))]))
+    chosen = [p for p in json.loads(ranking.read_text()) if p in oracle][:budget]
+    run_dir = workdir / f"seed{seed}" / f"{function}_{budget}"
+    labels = run_dir / "labels.json"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store.atomic_write_json(labels, store.coco_from_masks({p: oracle[p] for p in chosen}))
+    for stage in (1, 2):
+        study_lib.copy_stage(base, run_dir, stage)
+    config3 = config.copy_and_resolve_references()
+    with config3.unlocked():
+        config3.stage3.lesion_labels = str(labels.absolute())
+    reporter = reporting.Reporter(run_dir, tensorboard=False)
+    try:
+        loop.train_and_evaluate(config3, run_dir, (3,), reporter=reporter)
+    finally:
+        reporter.close()
+    return {"seed": seed, "function": function, "labels": len(chosen), **score_decoder(run_dir, config),
+            "lesion_pixels": int(sum(oracle[p].sum() for p in chosen)), "seconds": round(time.time() - t0, 1)}
 
 
 def main(argv=None) -> int:
@@ -146,8 +147,17 @@ def main(argv=None) -> int:
     results = workdir / "results.jsonl"
     done = _done(results)
     budgets = [int(b) for b in args.budgets.split(",")]
-    for seed in (int(s) for s in args.seeds.split(",")):
-        run_seed(seed, workdir, args.functions.split(","), budgets, done, results)
+    worlds = [prepare_seed(int(seed), workdir) for seed in args.seeds.split(",")]
+    for budget in budgets:  # every seed of a budget before the next budget: a cut run still pairs seeds
+        for world in worlds:
+            for function in args.functions.split(","):
+                if (world["seed"], function, budget) in done:
+                    continue
+                row = run_one(world, function, budget, workdir)
+                with results.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                done[(world["seed"], function, budget)] = row
+                print(json.dumps(row), flush=True)
     return 0
 
 
