@@ -9,6 +9,7 @@ own masks stand in for the clinician (the oracle labeller, `store.coco_from_mask
 trained from the top 10 / 30 / 100 of each list (a copy of the seed's stages 1-2) and its decoder
 map is scored on the test split's lesion images: PxAP and pointing game (15 px at 320 px, scaled).
 Results go to <workdir>/results.jsonl, one line per run; a run already there is skipped.
+``--report`` writes <workdir>/acquisition.md (table) and acquisition.png (curves) from them.
 Nothing is chosen on test: the functions, budgets and recipe are fixed beforehand.
 """
 
@@ -132,13 +133,70 @@ def run_one(world: dict, function: str, budget: int, workdir: pathlib.Path) -> d
             "lesion_pixels": int(sum(oracle[p].sum() for p in chosen)), "seconds": round(time.time() - t0, 1)}
 
 
+def report(results: pathlib.Path, out_dir: pathlib.Path) -> str:
+    """acquisition.md (mean [95 % t-interval] over seeds; the paired difference to random, seed by
+    seed) and acquisition.png (label-efficiency curves per function) from the finished runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pcam_jax.study.tables import format_cell, mean_interval
+
+    rows = list(_done(results).values())
+    functions = [f for f in FUNCTIONS if any(r["function"] == f for r in rows)]
+    budgets = sorted({r["labels"] for r in rows})
+    cell = {(r["seed"], r["function"], r["labels"]): r for r in rows}
+    lines = ["| function | labels | seeds | PxAP | PxAP - random (paired) | pointing game | pointing - random (paired) | lesion px labelled |",
+             "|---|---|---|---|---|---|---|---|"]
+    curves = {}
+    for function in functions:
+        for budget in budgets:
+            found = [r for r in rows if r["function"] == function and r["labels"] == budget]
+            if not found:
+                continue
+            paired = [(r, cell.get((r["seed"], "random", budget))) for r in found]
+            paired = [(r, q) for r, q in paired if q is not None]
+            stats = {m: mean_interval([r[m] for r in found]) for m in ("pxap", "pointing", "lesion_pixels")}
+            diff = {m: mean_interval([r[m] - q[m] for r, q in paired]) for m in ("pxap", "pointing")}
+            curves.setdefault(function, []).append((budget, stats))
+            show_diff = function != "random"
+            lines.append(f"| {function} | {budget} | {len(found)} | {format_cell(stats['pxap'])} | "
+                         f"{format_cell(diff['pxap']) if show_diff else '-'} | {format_cell(stats['pointing'])} | "
+                         f"{format_cell(diff['pointing']) if show_diff else '-'} | {stats['lesion_pixels']['mean']:.0f} |")
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for function, points in curves.items():
+        for ax, metric in zip(axes, ("pxap", "pointing")):
+            x = [b for b, _ in points]
+            y = [p[metric]["mean"] for _, p in points]
+            err = [p[metric]["half_width"] or 0.0 for _, p in points]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=function,
+                        linestyle="--" if function == "random" else "-")
+    for ax, title in zip(axes, ("decoder PxAP", "decoder pointing game")):
+        ax.set_xscale("log")
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.set_xlabel("labelled images (chosen by the function, labelled by the oracle)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    figure.tight_layout()
+    figure.savefig(out_dir / "acquisition.png", dpi=110)
+    table = "\n".join(lines) + "\n"
+    (out_dir / "acquisition.md").write_text(table)
+    return table
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default="work/acquisition")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--functions", default=",".join(FUNCTIONS))
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
+    parser.add_argument("--report", action="store_true", help="only write acquisition.md/.png from results.jsonl")
     args = parser.parse_args(argv)
+    if args.report:
+        print(report(pathlib.Path(args.workdir) / "results.jsonl", pathlib.Path(args.workdir)))
+        return 0
     from pcam_jax import runtime
 
     runtime.configure()
