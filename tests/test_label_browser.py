@@ -1,5 +1,6 @@
-"""End to end in headless Chromium: select, draw two boxes and a polygon, undo, reload, check the COCO
-file against the drawn geometry, train stage 3 from it (tiny config).
+"""End to end in headless Chromium: select, draw two boxes and a polygon, undo and redo, edit a box's
+corner, delete a box, reload, check the COCO file against the drawn geometry, train stage 3 from it
+(tiny config).
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (`.ci/run` installs them) and the ``selenium``
 package (test extra); skips with the reason where one is missing. Selenium drives the system
@@ -34,14 +35,15 @@ pytestmark = pytest.mark.usefixtures("fast_compilation")
 # What the test draws on the first image (32x32), in image pixels, on integer coordinates so that
 # no edge comes near a pixel centre: the mask is then exact whatever the pointer's rounding.
 BOXES = [(4, 5, 12, 14), (2, 20, 8, 30)]                                       # x0, y0, x1, y1
+EDITED = (2, 20, 10, 31)    # the second box once its bottom-right corner is dragged from (8, 30)
 L_SHAPE = [(18, 18), (28, 18), (28, 22), (22, 22), (22, 28), (18, 28)]
-UNDONE_BOX = (24, 2, 30, 8)
+UNDONE_BOX = (24, 2, 30, 8)  # drawn, undone; drawn again, deleted
 
 
 def expected_mask() -> np.ndarray:
     """Hand-computed: pixels (row i, column j) whose centre lies in a box or in the L."""
     mask = np.zeros((32, 32), np.uint8)
-    for x0, y0, x1, y1 in BOXES:
+    for x0, y0, x1, y1 in (BOXES[0], EDITED):
         mask[y0:y1, x0:x1] = 1
     mask[18:22, 18:28] = 1   # the L's bar
     mask[22:28, 18:22] = 1   # and its leg
@@ -125,6 +127,11 @@ def test_select_label_in_chromium_reload_and_train_stage_3(run, capsys):
                 *at(*box[2:])).pointer_up()
             actions.perform()
 
+        def click(x, y):
+            actions = ActionBuilder(driver)
+            actions.pointer_action.move_to_location(*at(x, y)).click()
+            actions.perform()
+
         driver.get(url)
         wait_ready()
         assert state()["index"] == 0 and driver.find_element("id", "progress").text == "0 of 3"
@@ -135,13 +142,20 @@ def test_select_label_in_chromium_reload_and_train_stage_3(run, capsys):
         assert len(state()["item"]["shapes"]) == 2
         keys("p")
         for point in L_SHAPE:
-            actions = ActionBuilder(driver)
-            actions.pointer_action.move_to_location(*at(*point)).click()
-            actions.perform()
+            click(*point)
         keys(Keys.ENTER)
         keys(Keys.CONTROL, "z")  # undo the polygon, redo it
         assert [s["type"] for s in state()["item"]["shapes"]] == ["box", "box"]
         keys(Keys.CONTROL, "y")
+        assert [s["type"] for s in state()["item"]["shapes"]] == ["box", "box", "polygon"]
+        keys("e")  # edit: select the second box, drag its corner
+        click(5, 25)
+        drag((8, 30, *EDITED[2:]))
+        keys("b")
+        drag(UNDONE_BOX)
+        keys("e")
+        click(27, 5)
+        keys(Keys.DELETE)
         shapes = state()["item"]["shapes"]
         assert [s["type"] for s in shapes] == ["box", "box", "polygon"]
         assert driver.find_element("id", "progress").text == "1 of 3"
@@ -162,7 +176,7 @@ def test_select_label_in_chromium_reload_and_train_stage_3(run, capsys):
     coco = json.loads(labels.read_text())
     assert [(i["file_name"], i["pcam_status"]) for i in coco["images"]] == [(paths[0], "labelled"), (paths[1], "no_lesion")]
     bboxes = [a["bbox"] for a in coco["annotations"] if not a["segmentation"]]
-    np.testing.assert_allclose(bboxes, [(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in BOXES], atol=0.1)
+    np.testing.assert_allclose(bboxes, [(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in (BOXES[0], EDITED)], atol=0.1)
     (polygon,) = [a["segmentation"][0] for a in coco["annotations"] if a["segmentation"]]
     np.testing.assert_allclose(polygon, np.ravel(L_SHAPE), atol=0.1)
     masks = lesions.masks_from_coco(labels, {p: (32, 32) for p in paths})
