@@ -24,6 +24,8 @@ import time
 import numpy as np
 
 FUNCTIONS = ("random", "uncertainty", "map_entropy", "map_disagreement", "tta")
+# map_disagreement as the study ran it (the library's default is now the registry's Figure-2 classifier maps)
+DISAGREEMENT_METHODS = ("cam", "positive_cam", "grad_cam", "layer_cam")
 BUDGETS = (30, 100, 10)   # in this order, all seeds of one before the next: the target's cells first
 
 
@@ -112,7 +114,9 @@ def run_one(world: dict, function: str, budget: int, workdir: pathlib.Path) -> d
     t0 = time.time()
     ranking = base / f"ranking_{function}.json"
     if not ranking.is_file():
-        paths, scores = selection.score_candidates(world["run2"], world["records"], function, seed=seed, progress=False)
+        methods = DISAGREEMENT_METHODS if function == "map_disagreement" else None
+        paths, scores = selection.score_candidates(world["run2"], world["records"], function, methods=methods,
+                                                   seed=seed, progress=False)
         ranking.write_text(json.dumps([p for p, _, _ in selection.rank(paths, scores, len(paths))]))
     chosen = [p for p in json.loads(ranking.read_text()) if p in oracle][:budget]
     run_dir = workdir / f"seed{seed}" / f"{function}_{budget}"

@@ -54,8 +54,9 @@ MODEL_SELECTION_FRACTION = flags.DEFINE_float(
 
 # select, label (pcam_jax.labelling)
 NUM_IMAGES = flags.DEFINE_integer("n", 100, "select: how many images to list.")
-MAP_METHODS = flags.DEFINE_string("maps", None, "select: map methods the map-based acquisitions read, comma-separated "
-                                  "(default: map_disagreement cam,positive_cam,grad_cam,layer_cam; others positive_cam).")
+ACQUISITION_MAPS = flags.DEFINE_string("maps", None, "select: map methods the map-based acquisitions read, comma-separated "
+                                  "(default: map_disagreement the classifier maps of Figure 2, cam,positive_cam,grad_cam; "
+                                  "the others positive_cam).")
 EXCLUDE = flags.DEFINE_string("exclude", None, "select: label files or earlier lists whose images are left out "
                               "(comma-separated; files that do not exist yet are ignored).")
 SEED = flags.DEFINE_integer("seed", 0, "select: seed of the random acquisition.")

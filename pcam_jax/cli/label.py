@@ -52,9 +52,6 @@ def main(argv):
 
 
 def _map_method(run) -> str:
-    from pcam_jax.run.analysis import METHODS
+    from pcam_jax.maps import registry
 
-    method = flags.METHOD.value
-    if method not in METHODS:
-        raise ValueError(f"unknown --method {method!r} for the suggestion map; choose from {', '.join(METHODS)}")
-    return method
+    return registry.get(flags.METHOD.value).name  # an unknown name: the closest one and the list

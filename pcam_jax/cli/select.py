@@ -28,7 +28,7 @@ def main(argv):
     out = pathlib.Path(flags.OUT.value or pathlib.Path(flags.WORKDIR.value) / "selected.csv")
     excluded = selection.excluded_paths(run.config, flags.EXCLUDE.value)
     records = selection.candidate_records(run.config, excluded, flags.DATA_DIR.value)
-    methods = tuple(m.strip() for m in flags.MAP_METHODS.value.split(",")) if flags.MAP_METHODS.value else None
+    methods = tuple(m.strip() for m in flags.ACQUISITION_MAPS.value.split(",")) if flags.ACQUISITION_MAPS.value else None
     paths, scores = selection.score_candidates(run, records, method, methods=methods, seed=flags.SEED.value)
     if not paths:
         raise ValueError(f"no unlabelled abnormal train image is left to select ({len(excluded)} excluded)")
@@ -42,7 +42,7 @@ def main(argv):
 def load_run():
     """The run of --workdir at --stage (default the last trained) and --which."""
     from pcam_jax.run.analysis import load
-    from pcam_jax.evaluation.evaluate import trained_stages
+    from pcam_jax.training.checkpointing import trained_stages
 
     stages = trained_stages(flags.WORKDIR.value)
     if not stages:

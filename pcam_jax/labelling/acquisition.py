@@ -1,15 +1,17 @@
 """Acquisition functions: which unlabelled abnormal images a clinician should label first.
 
 Pure, batched functions (arrays in, arrays out, jit-able) and `make_score_fn`, which jits one of
-them together with the model's forward and maps (`pcam_jax.maps.maps_and_logits`: one forward,
-one VJP for the gradient maps, for every map asked for). A higher score means "label me sooner".
+them together with the model's forward and maps (`pcam_jax.maps.make_all_maps_fn`: any method of
+the map registry, one forward and one VJP for all the gradient maps asked for). A higher score
+means "label me sooner".
 
     random            a seeded uniform score: the baseline every other function must beat
     uncertainty       binary entropy of P(abnormal): the classifier is unsure of the image
     map_entropy       entropy of the normalised map (as a distribution over pixels), divided by
                       log(pixels): 1 for a flat map (the model does not know where), 0 for one hot pixel
     map_disagreement  1 - mean pairwise Pearson correlation between the maps of several methods
-                      (default cam, positive_cam, grad_cam, layer_cam): they disagree on where
+                      (default: the registry's cheap classifier maps, those of Figure 2: CAM,
+                      positive CAM, Grad-CAM): they disagree on where
     tta               the same disagreement between one method's maps of test-time-augmented views
                       (identity, horizontal flip, +-d pixel shifts), each mapped back to the image
                       frame: MONAI Label's epistemic scoring without dropout (our network has none)
@@ -25,7 +27,6 @@ import numpy as np
 from jax.scipy.special import xlogy
 
 ACQUISITIONS = ("random", "uncertainty", "map_entropy", "map_disagreement", "tta")
-DISAGREEMENT_METHODS = ("cam", "positive_cam", "grad_cam", "layer_cam")
 
 
 def binary_entropy(p):
@@ -81,6 +82,13 @@ def tta_transforms(d: int):
             (functools.partial(shift, dy=-d, dx=d), functools.partial(shift, dy=d, dx=-d))]
 
 
+def disagreement_methods() -> tuple[str, ...]:
+    """map_disagreement's default: the registry's Figure-2 classifier maps (one forward, one VJP)."""
+    from pcam_jax.maps import registry
+
+    return tuple(m for m in registry.FIGURE2_METHODS if m in registry.CLASSIFIER_METHODS)
+
+
 def random_scores(n: int, seed: int) -> np.ndarray:
     """(n,) uniform scores in [0, 1) from ``seed``: the random baseline's ranking."""
     return np.random.default_rng(seed).random(n)
@@ -94,22 +102,22 @@ def make_score_fn(model, acquisition: str, *, methods=None, image_size: int, chu
     (`pcam_jax.maps.postprocess`: ReLU, min-max, bilinear to the image size).
     """
     from pcam_jax import maps as maps_lib
-    from pcam_jax.models import ABNORMAL, classifier_apply_fn, head_kernel, probability_of_abnormal
+    from pcam_jax.models import ABNORMAL, probability_of_abnormal
 
     if acquisition not in ACQUISITIONS or acquisition == "random":
         raise ValueError(f"no model-based acquisition {acquisition!r}; choose from {ACQUISITIONS[1:]}")
-    methods = tuple(methods or (DISAGREEMENT_METHODS if acquisition == "map_disagreement" else ("positive_cam",)))
+    methods = tuple(methods or (disagreement_methods() if acquisition == "map_disagreement" else ("positive_cam",)))
     if acquisition != "map_disagreement":
         methods = methods[:1]
     elif len(methods) < 2:
         raise ValueError(f"map_disagreement compares two or more map methods; got {methods}")
     size = int(image_size)
 
+    maps_fn = maps_lib.make_all_maps_fn(model, methods, chunk)  # the registry's methods, one forward
+
     def maps_of(variables, images):
-        targets = jnp.full((images.shape[0],), ABNORMAL, jnp.int32)
-        logits, raw = maps_lib.maps_and_logits(classifier_apply_fn(model, variables),
-                                               head_kernel(variables["params"]), images, targets, methods, chunk)
-        return logits, {m: maps_lib.postprocess(raw[m], size, size) for m in methods}
+        raw = maps_fn(variables, images, jnp.full((images.shape[0],), ABNORMAL, jnp.int32))
+        return {m: maps_lib.postprocess(raw[m], size, size) for m in methods}
 
     @jax.jit
     def score(variables, images):
@@ -119,10 +127,10 @@ def make_score_fn(model, acquisition: str, *, methods=None, image_size: int, chu
         if acquisition == "tta":
             transforms = tta_transforms(max(size // 16, 1))
             views = jnp.concatenate([forward(images) for forward, _ in transforms])
-            _, found = maps_of(variables, views)
+            found = maps_of(variables, views)
             per_view = found[methods[0]].reshape(len(transforms), images.shape[0], size, size)
             return disagreement(jnp.stack([inverse(m) for (_, inverse), m in zip(transforms, per_view)]))
-        _, found = maps_of(variables, images)
+        found = maps_of(variables, images)
         if acquisition == "map_entropy":
             return map_entropy(found[methods[0]])
         return disagreement(jnp.stack([found[m] for m in methods]))

@@ -26,7 +26,7 @@ LIST_COLUMNS = ("path", "score", "rank")
 def excluded_paths(config, exclude=()) -> set[str]:
     """Image paths already labelled: the config's stage-3 labels and every ``exclude`` source
     that exists (a label file of `pcam_jax.data.lesions`, or a selection CSV with a path column)."""
-    sources = list(clinician_labels.parse_sources(config.stage3.get("lesion_labels", "")))
+    sources = list(clinician_labels.parse_sources(config.stage3.lesion_labels))
     sources += [s for s in clinician_labels.parse_sources(exclude) if pathlib.Path(s).exists()]
     paths = set()
     for source in sources:
