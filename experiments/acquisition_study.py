@@ -178,6 +178,7 @@ def report(results: pathlib.Path, out_dir: pathlib.Path) -> str:
                         linestyle="--" if function == "random" else "-")
     for ax, title in zip(axes, ("decoder PxAP", "decoder pointing game")):
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(budgets, [str(b) for b in budgets])
         ax.set_xlabel("labelled images (chosen by the function, labelled by the oracle)")
         ax.set_title(title)
