@@ -174,3 +174,19 @@ def test_commands_answer_bad_input_with_one_line(tmp_path, capsys):
     assert pcam_jax_command("select", "--workdir", tmp_path, "--method", "entropy") == 2
     err = capsys.readouterr().err
     assert "unknown --method 'entropy'; choose from random, uncertainty" in err and "Traceback" not in err
+
+
+def test_select_leaves_out_every_image_decided_in_a_labels_file(tmp_path):
+    import ml_collections
+
+    from pcam_jax.labelling import selection
+
+    store = store_lib.LabelStore(tmp_path / "labels.json", ITEMS)
+    store.set(0, None, [BOX])
+    store.set(1, "no_lesion", [])
+    store.close()
+    (tmp_path / "old_list.csv").write_text("path,score,rank\nz/old.png,1,1\n")
+    config = ml_collections.ConfigDict({"stage3": {"lesion_labels": ""}})
+    excluded = selection.excluded_paths(config, f"{tmp_path / 'labels.json'},{tmp_path / 'old_list.csv'},"
+                                                f"{tmp_path / 'not_yet.json'}")
+    assert excluded == {"a/x1.png", "a/x2.png", "z/old.png"}

@@ -12,6 +12,7 @@ label first), which `pcam-jax label --list` reads.
 from __future__ import annotations
 
 import csv
+import json
 import pathlib
 import sys
 
@@ -25,13 +26,26 @@ LIST_COLUMNS = ("path", "score", "rank")
 
 def excluded_paths(config, exclude=()) -> set[str]:
     """Image paths already labelled: the config's stage-3 labels and every ``exclude`` source
-    that exists (a label file of `pcam_jax.data.lesions`, or a selection CSV with a path column)."""
+    that exists (a label file of `pcam_jax.data.lesions`, every image of a COCO file, the ones
+    decided "no lesion" or skipped in `pcam-jax label` included, or a selection CSV's paths)."""
     sources = list(clinician_labels.parse_sources(config.stage3.lesion_labels))
     sources += [s for s in clinician_labels.parse_sources(exclude) if pathlib.Path(s).exists()]
     paths = set()
     for source in sources:
-        paths |= set(read_list(source)) if _is_list(source) else lesions.label_paths(source)
+        if _is_list(source):
+            paths |= set(read_list(source))
+        elif pathlib.Path(source).suffix.lower() == ".json":  # every image decided there, "no lesion" too
+            paths |= lesions.label_paths(source) | _coco_images(source)
+        else:
+            paths |= lesions.label_paths(source)
     return paths
+
+
+def _coco_images(source) -> set[str]:
+    try:
+        return {image["file_name"] for image in json.loads(pathlib.Path(source).read_text())["images"]}
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{source}: not a COCO file with 'images' (id, file_name, ...): {e}") from e
 
 
 def _is_list(source) -> bool:
