@@ -162,4 +162,4 @@ def test_no_module_outside_configs_restates_a_config_default():
 
 def test_the_package_top_level_stays_walkable():
     entries = sorted(p.name for p in PACKAGE.iterdir() if p.name != "__pycache__")
-    assert len(entries) <= 16, entries
+    assert len(entries) <= 17, entries  # 17th: labelling/ (issue 23: select and label), as the #23 brief placed it

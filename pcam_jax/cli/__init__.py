@@ -23,6 +23,8 @@ COMMANDS = {
     "evaluate": ("pcam_jax.cli.evaluate", "score every map method from a work directory's checkpoints"),
     "maps": ("pcam_jax.cli.maps", "probabilities and overlay maps for your own images (PNG, DICOM, ...): "
              "--workdir DIR --out DIR IMAGE|FOLDER..."),
+    "select": ("pcam_jax.cli.select", "list the unlabelled abnormal train images to label first: --workdir DIR --n 100"),
+    "label": ("pcam_jax.cli.label", "label lesions in the browser: --list selected.csv --out labels.json [--workdir DIR]"),
 }
 
 

@@ -23,7 +23,9 @@ WHICH = flags.DEFINE_string("which", "best", "Checkpoint per stage: best, latest
 OUT = flags.DEFINE_string("out", None, "Output directory (evaluate: default <workdir>/eval).")
 SPLIT = flags.DEFINE_string("split", None, "Split to score; default test (synthetic) or valid (MURA).")
 STAGE = flags.DEFINE_integer("stage", None, "Stage to load; default the last trained one.")
-METHOD = flags.DEFINE_string("method", "positive_cam", "Map method (maps); an unknown name is answered with the list.")
+METHOD = flags.DEFINE_string("method", "positive_cam", "maps, label: map method; select: acquisition function "
+                             "(random, uncertainty, map_entropy, map_disagreement, tta; default uncertainty). "
+                             "An unknown name is answered with the list.")
 EXTRA_METHODS = flags.DEFINE_list("methods", [], "evaluate: map methods scored besides each classifier stage's own "
                                   "(e.g. integrated_gradients,smoothgrad; pcam_jax/maps/registry.py).")
 LESION_LABELS = flags.DEFINE_string("lesion_labels", None, "evaluate: clinician labels of test images "
@@ -53,6 +55,21 @@ UINT8_CACHE = flags.DEFINE_boolean(
 MODEL_SELECTION_FRACTION = flags.DEFINE_float(
     "model_selection_fraction", None, "mura: fraction of train patients held out "
     "(default: config.data.model_selection_fraction).")
+
+
+# select, label (pcam_jax.labelling)
+NUM_IMAGES = flags.DEFINE_integer("n", 100, "select: how many images to list.")
+ACQUISITION_MAPS = flags.DEFINE_string("maps", None, "select: map methods the map-based acquisitions read, comma-separated "
+                                  "(default: map_disagreement the classifier maps of Figure 2, cam,positive_cam,grad_cam; "
+                                  "the others positive_cam).")
+EXCLUDE = flags.DEFINE_string("exclude", None, "select: label files or earlier lists whose images are left out "
+                              "(comma-separated; files that do not exist yet are ignored).")
+SEED = flags.DEFINE_integer("seed", 0, "select: seed of the random acquisition.")
+LIST = flags.DEFINE_string("list", None, "label: the CSV of images to label (path column; `pcam-jax select` writes it).")
+HOST = flags.DEFINE_string("host", "127.0.0.1", "label: address to serve on (default: this machine only).")
+PORT = flags.DEFINE_integer("port", 8765, "label: port to serve on (0: any free port).")
+IMAGE_ROOT = flags.DEFINE_string("image_root", None, "label without --workdir: the folder the listed paths are "
+                                 "relative to (files read as pcam_jax.data.radiographs reads them).")
 
 
 # mura-world
