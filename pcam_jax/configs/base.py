@@ -99,6 +99,10 @@ def get_config() -> ml_collections.ConfigDict:
         lesion_labels="",             # clinician labels of train images, "a.json[,b.csv,masks/]" (MURA,
                                       # folder); pcam_jax/data/clinician_labels.py
         unmatched_labels="error",     # a label naming no train image: "error" | "drop"
+        # Normal train images (label 0: no lesion, so an empty mask, no clinician needed) appended
+        # to each labelled batch: they tell L3 that hardware, casts and markers are not lesions
+        # (pcam_jax/data/normal_images.py; measured: docs/RESULTS.md section 6). 0: the paper's L3.
+        normal_images_per_batch=0,
     ))
 
     c.stage4 = ml_collections.ConfigDict(dict(

@@ -320,18 +320,32 @@ def labelled_batches(config, records, *, seed: int, start_step: int = 0, process
         raise ValueError("The records have no lesion_labelled field; attach clinician masks "
                          "with attach_lesion_masks(records, load_lesion_masks(...)).")
     batch = _per_process(config.data.labelled_batch_size, process_count, "labelled_batch_size")
-    labelled = records.filter(lambda r: r["lesion_labelled"]).shard(
-        process_count, process_index).cache()  # a few images, kept as bytes in memory
-    n = _count(labelled)
+    return _cycled(config, records.filter(lambda r: r["lesion_labelled"]), batch, _LABELLED_SALT, "lesion-labelled",
+                   seed=seed, start_step=start_step, process_index=process_index, process_count=process_count)
+
+
+def normal_batches(config, records, *, seed: int, start_step: int = 0, process_index: int = 0,
+                   process_count: int = 1) -> Iterator[Batch]:
+    """Like `labelled_batches`, over the normal (label 0) records, in batches of
+    `normal_images.per_process` (``config.stage3.normal_images_per_batch``); masks as stored
+    (`pcam_jax.data.normal_images.append` empties them)."""
+    from pcam_jax.data import normal_images
+
+    batch = normal_images.per_process(config, process_count)
+    return _cycled(config, records.filter(lambda r: tf.equal(r["label"], 0)), batch, normal_images.SALT, "normal",
+                   seed=seed, start_step=start_step, process_index=process_index, process_count=process_count)
+
+
+def _cycled(config, chosen, batch: int, salt: int, what: str, *, seed, start_step, process_index, process_count):
+    """Infinite augmented batches of ``batch`` cycling the ``chosen`` records, reshuffled every pass."""
+    chosen = chosen.shard(process_count, process_index).cache()  # a few images, kept as bytes in memory
+    n = _count(chosen)
     if n == 0:
-        raise ValueError(f"Process {process_index} has no lesion-labelled records "
-                         "(lesion_labelled is False everywhere, or fewer labelled images "
-                         "than processes).")
+        raise ValueError(f"Process {process_index} has no {what} records (or fewer than processes).")
     start_epoch, skip = divmod(start_step * batch, n)
-    stream = _shuffled_epochs(labelled, epoch_length=n, start_epoch=start_epoch, shuffle_buffer=n,
-                              seed=_stream_seed(seed, _LABELLED_SALT, process_index, 0))
-    return _augmented_batches(config, stream.skip(skip), batch,
-                              _stream_seed(seed, _LABELLED_SALT, process_index, 1))
+    stream = _shuffled_epochs(chosen, epoch_length=n, start_epoch=start_epoch, shuffle_buffer=n,
+                              seed=_stream_seed(seed, salt, process_index, 0))
+    return _augmented_batches(config, stream.skip(skip), batch, _stream_seed(seed, salt, process_index, 1))
 
 
 def image_sizes(records) -> dict[str, tuple[int, int]]:

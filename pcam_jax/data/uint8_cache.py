@@ -237,14 +237,29 @@ def labelled_batches(config, cache: SplitCache, *, seed: int, start_step: int = 
     from pcam_jax.data import pipeline
 
     batch = pipeline._per_process(int(config.data.labelled_batch_size), process_count, "labelled_batch_size")
-    labelled = np.flatnonzero(cache.fields["lesion_labelled"])[process_index::process_count]
-    if len(labelled) == 0:
-        raise ValueError(f"Process {process_index} has no lesion-labelled records in {cache.directory}")
+    return _cycled(cache, cache.fields["lesion_labelled"], batch, _LABELLED_SALT, "lesion-labelled",
+                   seed, start_step, process_index, process_count)
+
+
+def normal_batches(config, cache: SplitCache, *, seed: int, start_step: int = 0, process_index: int = 0,
+                   process_count: int = 1) -> Iterator[dict]:
+    """Like `labelled_batches`, over the normal (label 0) rows (`pcam_jax.data.normal_images`)."""
+    from pcam_jax.data import normal_images
+
+    batch = normal_images.per_process(config, process_count)
+    return _cycled(cache, cache.fields["label"] == 0, batch, _LABELLED_SALT + normal_images.SALT, "normal",
+                   seed, start_step, process_index, process_count)
+
+
+def _cycled(cache: SplitCache, chosen, batch: int, salt: int, what: str, seed, start_step, process_index,
+            process_count) -> Iterator[dict]:
+    rows = np.flatnonzero(chosen)[process_index::process_count]
+    if len(rows) == 0:
+        raise ValueError(f"Process {process_index} has no {what} records in {cache.directory}")
     position = start_step * batch
     while True:
         positions = position + np.arange(batch)
-        epochs, offsets = np.divmod(positions, len(labelled))
-        index = np.array([_permutation(labelled, seed, _LABELLED_SALT, process_index, e)[o]
-                          for e, o in zip(epochs, offsets)])
+        epochs, offsets = np.divmod(positions, len(rows))
+        index = np.array([_permutation(rows, seed, salt, process_index, e)[o] for e, o in zip(epochs, offsets)])
         yield cache.rows(index)
         position += batch

@@ -182,6 +182,18 @@ def _shortcuts(runs, config, stage_methods: dict) -> dict[str, dict]:
     return out
 
 
+def _save_maps(path: pathlib.Path, test: dict, held: dict | None) -> None:
+    """``test/<stage>/<method>`` and ``held/...`` maps (post-processed, images with a lesion),
+    ``test_masks``, ``held_masks``, ``probs/<stage>`` and ``labels`` (every test image)."""
+    arrays = {"labels": test["labels"], "test_masks": test["masks"],
+              **{f"probs/stage{s}": p for s, p in test["probs"].items()},
+              **{f"test/{name}": m for name, m in test["maps"].items()}}
+    if held is not None:
+        arrays.update(held_masks=held["masks"], **{f"held/{name}": m for name, m in held["maps"].items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+
+
 def _to_json(value):
     if isinstance(value, dict):
         return {str(k): _to_json(v) for k, v in value.items()}
@@ -199,13 +211,15 @@ def _to_json(value):
 def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None = None,
                      out_dir=None, which: str | int = "best", verbose: bool = True,
                      lesion_labels: str | None = None, stages=None,
-                     methods: dict[int, tuple[str, ...]] | None = None) -> dict:
+                     methods: dict[int, tuple[str, ...]] | None = None, save_maps: bool = False) -> dict:
     """Evaluates every trained stage in `workdir`; writes and returns the metrics dict.
 
     ``lesion_labels`` overrides the run's ``config.eval.lesion_labels`` (clinician masks of
     test images, `pcam_jax.data.clinician_labels`). ``stages`` picks some of the trained stages
     (default: all); ``methods`` ({stage: map methods}) scores fewer maps than a stage's
-    ``map_methods`` (e.g. stage 1's CAM and positive CAM without Score-CAM: `pcam_jax.study`)."""
+    ``map_methods`` (e.g. stage 1's CAM and positive CAM without Score-CAM: `pcam_jax.study`).
+    ``save_maps`` also writes ``maps.npz``: what the numbers are computed from (`_save_maps`), so
+    anyone can recompute them."""
     workdir = pathlib.Path(workdir)
     out_dir = pathlib.Path(out_dir) if out_dir else workdir / "eval"
     trained = checkpointing.trained_stages(workdir)
@@ -275,6 +289,8 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
         metrics["localisation"] = {}
         metrics["localisation_note"] = f"no test image of split {split!r} has a lesion mask"
 
+    if save_maps:
+        _save_maps(out_dir / "maps.npz", test, held)
     if dataset == "synthetic" and int(config.eval.shortcut_limbs) > 0:
         metrics["shortcuts"] = _shortcuts(runs, config, methods)
     out_dir.mkdir(parents=True, exist_ok=True)

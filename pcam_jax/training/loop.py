@@ -37,7 +37,7 @@ import numpy as np
 
 from pcam_jax import configs, models
 from pcam_jax.errors import DivergenceError, Interrupted, NonFiniteLossError
-from pcam_jax.data import DEVICE_KEYS, clinician_labels, resolve_data_dir
+from pcam_jax.data import DEVICE_KEYS, clinician_labels, normal_images, resolve_data_dir
 from pcam_jax.metrics.classification import classification_metrics
 from pcam_jax.training import checkpointing, guards, mesh as mesh_lib, reporting, stages as stages_lib
 from pcam_jax.training import state as state_lib, steps
@@ -109,7 +109,13 @@ class PipelineData:
         return self._pipeline.eval_batches(self._config, self._split("model_selection"), **self._process)
 
     def labelled_batches(self, *, seed, start_step):
-        return self._train_stream("labelled_batches", seed, start_step)
+        """The lesion-labelled few, each batch followed by ``config.stage3.normal_images_per_batch``
+        normal images with empty masks (`pcam_jax.data.normal_images`)."""
+        labelled = self._train_stream("labelled_batches", seed, start_step)
+        if normal_images.per_process(self._config, jax.process_count()) == 0:
+            return labelled
+        normal = self._train_stream("normal_batches", seed, start_step)
+        return (normal_images.append(a, b) for a, b in zip(labelled, normal))
 
 
 def prefetch_to_device(batches: Iterable[dict], mesh, depth: int = 2) -> Iterator[tuple[dict, dict]]:

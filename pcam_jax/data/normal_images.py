@@ -1,0 +1,37 @@
+"""Normal images in stage 3's labelled batch: lesion-free examples that need no clinician.
+
+A normal radiograph (label 0) has no lesion, so its lesion mask is empty by definition: any
+dataset with image labels can add such images to L3 at no labelling cost. Without them the
+labelled few are all abnormal, and nothing in L3 says that something bright and lesion-like on a
+normal limb (hardware, a cast, a side marker) is not a lesion: on the synthetic demo the decoder
+then marks the hardware, and the classifier sharing its encoder leans on it more (measured in
+docs/RESULTS.md, section 6). ``config.stage3.normal_images_per_batch = K`` appends K normal train
+images, mask emptied, to every labelled batch; both input paths (`pcam_jax.data.pipeline` and
+`pcam_jax.data.uint8_cache`) draw them through `append`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SALT = 3   # their own random stream: drawing them moves no other stream's order
+
+
+def per_process(config, process_count: int = 1) -> int:
+    """K // process_count, the normal images each process appends; 0 when the option is off."""
+    k = int(config.stage3.get("normal_images_per_batch", 0))
+    if k < 0 or k % process_count:
+        raise ValueError(f"config.stage3.normal_images_per_batch={k} must be 0 or a positive multiple of the "
+                         f"number of processes ({process_count})")
+    return k // process_count
+
+
+def append(labelled: dict, normal: dict) -> dict:
+    """The labelled batch with the normal batch's rows after it, their masks empty and counted.
+
+    ``has_mask`` becomes True on the normal rows: an empty mask is what a normal image's
+    annotation is (MURA-like records carry ``has_mask=False`` only because nobody drew one)."""
+    if np.any(np.asarray(normal["label"]) != 0):
+        raise ValueError("normal_images.append: the normal batch holds an abnormal image")
+    normal = dict(normal, mask=np.zeros_like(normal["mask"]), has_mask=np.ones_like(normal["has_mask"]))
+    return {key: np.concatenate([labelled[key], normal[key]]) for key in labelled}
