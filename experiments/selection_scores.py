@@ -21,7 +21,7 @@ SELECTION_OFFSET = 500_000   # selection limbs: first_heldout_index + this (repo
 
 
 def scores(workdir, stages, limbs: int) -> dict:
-    from pcam_jax import analysis
+    from pcam_jax.run import analysis
     from pcam_jax.data import resolve_data_dir
     from pcam_jax.evaluation import evaluate, shortcuts
     from pcam_jax.metrics import localisation
