@@ -103,6 +103,9 @@ def get_config() -> ml_collections.ConfigDict:
         # to each labelled batch: they tell L3 that hardware, casts and markers are not lesions
         # (pcam_jax/data/normal_images.py; measured: docs/RESULTS.md section 6). 0: the paper's L3.
         normal_images_per_batch=0,
+        # L3 also averages the errors of this share of each image's background pixels, the worst
+        # ones (hard-negative mining: bright hardware among them; pcam_jax/training/losses.py). 0: off.
+        hard_background=0.0,
     ))
 
     c.stage4 = ml_collections.ConfigDict(dict(
