@@ -321,23 +321,18 @@ def labelled_batches(config, records, *, seed: int, start_step: int = 0, process
                          "with attach_lesion_masks(records, load_lesion_masks(...)).")
     batch = _per_process(config.data.labelled_batch_size, process_count, "labelled_batch_size")
     return _cycled(config, records.filter(lambda r: r["lesion_labelled"]), batch, _LABELLED_SALT, "lesion-labelled",
-                   seed=seed, start_step=start_step, process_index=process_index, process_count=process_count)
+                   seed, start_step, process_index, process_count)
 
 
-def normal_batches(config, records, *, seed: int, start_step: int = 0, process_index: int = 0,
-                   process_count: int = 1) -> Iterator[Batch]:
-    """Like `labelled_batches`, over the normal (label 0) records, in batches of
-    `normal_images.per_process` (``config.stage3.normal_images_per_batch``); masks as stored
-    (`pcam_jax.data.normal_images.append` empties them)."""
+def normal_batches(config, records, *, seed: int, start_step: int = 0, process_index: int = 0, process_count: int = 1):
+    """`labelled_batches` of the normal records, `pcam_jax.data.normal_images.per_process` a batch."""
     from pcam_jax.data import normal_images
 
-    batch = normal_images.per_process(config, process_count)
-    return _cycled(config, records.filter(lambda r: tf.equal(r["label"], 0)), batch, normal_images.SALT, "normal",
-                   seed=seed, start_step=start_step, process_index=process_index, process_count=process_count)
+    return _cycled(config, records.filter(lambda r: tf.equal(r["label"], 0)), normal_images.per_process(
+        config, process_count), normal_images.SALT, "normal", seed, start_step, process_index, process_count)
 
 
-def _cycled(config, chosen, batch: int, salt: int, what: str, *, seed, start_step, process_index, process_count):
-    """Infinite augmented batches of ``batch`` cycling the ``chosen`` records, reshuffled every pass."""
+def _cycled(config, chosen, batch: int, salt: int, what: str, seed, start_step, process_index, process_count):
     chosen = chosen.shard(process_count, process_index).cache()  # a few images, kept as bytes in memory
     n = _count(chosen)
     if n == 0:
