@@ -21,12 +21,12 @@ def config_with(k, **data):
 def test_normal_stream_holds_only_normal_images_and_resumes():
     config = config_with(3)
     records = make_records(20, labelled=(1, 3))       # label = index % 2: the even ones are normal
-    batches = take(pipeline.normal_batches(config, records, seed=4), 8)
+    batches = take(pipeline.labelled_batches(config, records, seed=4, normal=True), 8)
     assert all(len(b["label"]) == 3 for b in batches)
     paths = np.concatenate([b["path"] for b in batches])
     assert set(paths) <= {f"img{i:03d}.png" for i in range(0, 20, 2)} and len(set(paths)) == 10
     assert not np.concatenate([b["label"] for b in batches]).any()
-    resumed = take(pipeline.normal_batches(config, records, seed=4, start_step=5), 3)
+    resumed = take(pipeline.labelled_batches(config, records, seed=4, start_step=5, normal=True), 3)
     for a, b in zip(batches[5:], resumed):
         assert_batches_equal(a, b)
 
@@ -35,7 +35,7 @@ def test_append_empties_the_normal_masks_and_keeps_the_labelled_rows():
     config = config_with(2, labelled_batch_size=4)
     records = make_records(20, labelled=(1, 3, 5, 7))
     labelled = next(pipeline.labelled_batches(config, records, seed=0))
-    normal = next(pipeline.normal_batches(config, records, seed=0))
+    normal = next(pipeline.labelled_batches(config, records, seed=0, normal=True))
     assert normal["mask"].any()                         # these records store a mask: it must go
     mixed = normal_images.append(labelled, normal)
     assert mixed.keys() == labelled.keys()

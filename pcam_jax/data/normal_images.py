@@ -6,8 +6,8 @@ labelled few are all abnormal, and nothing in L3 says that something bright and 
 normal limb (hardware, a cast, a side marker) is not a lesion: on the synthetic demo the decoder
 then marks the hardware, and the classifier sharing its encoder leans on it more (measured in
 docs/RESULTS.md, section 6). ``config.stage3.normal_images_per_batch = K`` appends K normal train
-images, mask emptied, to every labelled batch; both input paths (`pcam_jax.data.pipeline` and
-`pcam_jax.data.uint8_cache`) draw them through `append`.
+images, mask emptied, to every labelled batch: both input paths (`pcam_jax.data.pipeline` and `pcam_jax.data.uint8_cache`)
+draw them with ``labelled_batches(..., normal=True)``, the loop's data source joins them with `append`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ SALT = 3   # their own random stream: drawing them moves no other stream's order
 
 def per_process(config, process_count: int = 1) -> int:
     """K // process_count, the normal images each process appends; 0 when the option is off."""
-    k = int(config.stage3.get("normal_images_per_batch", 0))
+    k = int(config.stage3.normal_images_per_batch)
     if k < 0 or k % process_count:
         raise ValueError(f"config.stage3.normal_images_per_batch={k} must be 0 or a positive multiple of the "
                          f"number of processes ({process_count})")
