@@ -210,3 +210,81 @@ def test_pixel_attributions_are_methods_like_the_others(workdir, tmp_path):
     metrics = evaluate_workdir(workdir, stages=(1,), methods={1: ("positive_cam",)}, out_dir=tmp_path,
                                extra_methods=("integrated_gradients",), verbose=False)
     assert {"stage1/positive_cam", "stage1/integrated_gradients"} <= set(metrics["localisation"])
+def _reference_localisation(maps, masks, held_maps, held_masks, tolerance):
+    """Localisation by plain loops over images, pixels and thresholds: the definitions of
+    docs/METHOD.md section 4, written without pcam_jax.metrics."""
+    keep = [i for i in range(len(masks)) if masks[i].any()]
+    hits, energy = [], []
+    for i in keep:
+        peak_y, peak_x = divmod(int(np.argmax(maps[i])), maps.shape[2])   # first maximum, row-major
+        hits.append(any((y - peak_y) ** 2 + (x - peak_x) ** 2 <= tolerance ** 2 for y, x in np.argwhere(masks[i])))
+        energy.append(maps[i][masks[i] > 0].sum() / maps[i].sum() if maps[i].sum() > 0 else 0.0)
+
+    def mean_iou_dice(m, k, tau):
+        ious, dices = [], []
+        for i in range(len(k)):
+            if not k[i].any():
+                continue
+            pred, true = m[i] >= tau, k[i] > 0
+            inter = np.logical_and(pred, true).sum()
+            ious.append(inter / np.logical_or(pred, true).sum())
+            dices.append(2 * inter / (pred.sum() + true.sum()))
+        return np.mean(ious), np.mean(dices)
+
+    taus = [round(0.05 * j, 6) for j in range(1, 20)]
+    scores = [mean_iou_dice(held_maps, held_masks, t)[0] for t in taus]
+    tau = taus[scores.index(max(scores))]                                 # ties: the smallest tau
+    iou, dice = mean_iou_dice(maps[keep], masks[keep], tau)
+    # PxAP: every pixel of the scored images pooled, thresholds 1.0, 0.99, ..., 0.0 (all maps >= 0)
+    scores_all, truth = maps[keep].ravel(), masks[keep].ravel() > 0
+    ap, previous_recall = 0.0, 0.0
+    for t in [1.0] + [j / 100 for j in range(99, -1, -1)]:
+        predicted = scores_all >= t
+        tp = np.sum(predicted & truth)
+        recall = tp / truth.sum()
+        if predicted.sum():
+            ap += tp / predicted.sum() * (recall - previous_recall)
+        previous_recall = recall
+    return dict(pointing_game=np.mean(hits), energy_pointing_game=np.mean(energy), tau=tau, iou=iou,
+                dice=dice, pxap=ap)
+
+
+def _reference_classification(probs, labels):
+    predicted = probs > 0.5
+    tp, tn = np.sum(predicted & (labels == 1)), np.sum(~predicted & (labels == 0))
+    fp, fn = np.sum(predicted & (labels == 0)), np.sum(~predicted & (labels == 1))
+    n = len(labels)
+    observed = (tp + tn) / n
+    chance = ((tp + fp) * (tp + fn) + (tn + fn) * (tn + fp)) / n ** 2
+    pairs = [(p, q) for p in probs[labels == 1] for q in probs[labels == 0]]
+    return dict(accuracy=observed, sensitivity=tp / (tp + fn), specificity=tn / (tn + fp),
+                cohen_kappa=(observed - chance) / (1 - chance),
+                auroc=np.mean([1.0 if p > q else 0.5 if p == q else 0.0 for p, q in pairs]))
+
+
+def test_evaluation_numbers_recomputed_from_the_saved_maps(workdir, tmp_path):
+    """Every localisation and classification number `evaluate` reports (MaxBoxAcc aside: its boxes
+    are checked against OpenCV in test_localisation.py) equals an independent loop over the maps,
+    masks and probabilities it saved."""
+    from pcam_jax.evaluation.evaluate import evaluate_workdir
+
+    methods = {1: ("cam", "positive_cam"), 2: ("positive_cam",), 3: ("decoder", "positive_cam")}
+    metrics = evaluate_workdir(workdir, out_dir=tmp_path, verbose=False, methods=methods, save_maps=True)
+    saved = np.load(tmp_path / "maps.npz")
+    tolerance = get_config("tiny").eval.pointing_tolerance
+    names = [f"stage{s}/{m}" for s, ms in methods.items() for m in ms]
+    assert set(metrics["localisation"]) == set(names)
+    for name in names:
+        got = metrics["localisation"][name]
+        want = _reference_localisation(saved[f"test/{name}"], saved["test_masks"], saved[f"held/{name}"],
+                                       saved["held_masks"], tolerance)
+        assert got["tau"] == pytest.approx(want.pop("tau"), abs=1e-9), name
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, abs=1e-9), (name, key)
+    for stage in (1, 2, 3):
+        got = metrics["classification"][f"stage{stage}"]["image"]
+        for key, value in _reference_classification(saved[f"probs/stage{stage}"], saved["labels"]).items():
+            assert got[key] == pytest.approx(value, abs=1e-9), (stage, key)
+    # not vacuous: the maps differ between methods, and all 16 test images / 8 lesion masks are there
+    assert not np.allclose(saved["test/stage1/cam"], saved["test/stage3/decoder"])
+    assert len(saved["labels"]) == 16 and len(saved["test_masks"]) == 8

@@ -60,7 +60,8 @@ def test_experiments_train_rejects_a_changed_model_config_naming_the_field(train
 
 
 def test_demo_on_a_trained_workdir_evaluates_and_reports_phase_times(trained, capsys):
-    from pcam_jax import configs, demo
+    from pcam_jax import configs
+    from pcam_jax.cli import demo_phases as demo
 
     workdir, _ = trained
     config = configs.get_config("tiny")
@@ -75,6 +76,7 @@ def test_demo_on_a_trained_workdir_evaluates_and_reports_phase_times(trained, ca
     assert all(r["skipped"] for r in result["outputs"]["train"].values())
     assert (workdir / "eval" / "report.md").is_file()
     assert set(result["outputs"]["evaluate"]["classification"]) == {"stage1", "stage2", "stage3"}
+    assert out.count("| stage3/decoder |") == 1            # the localisation table is printed once
 
 
 def test_config_overrides_without_config_use_the_demo_preset_and_elsewhere_say_what_is_missing(tmp_path, capsys):

@@ -102,6 +102,10 @@ def test_uint8_streams_resume_split_processes_and_cycle_labelled(tmp_path):
     assert set(seen) == {"img000.png", "img005.png", "img009.png"}
     again = uint8_cache.labelled_batches(config, cache, seed=1, start_step=2)
     assert list(next(again)["path"]) == seen[4:6]
+    config.stage3.normal_images_per_batch = 2        # the normal images of `pcam_jax.data.normal_images`
+    normal = [next(uint8_cache.labelled_batches(config, cache, seed=1, normal=True, start_step=k)) for k in range(3)]
+    assert {p for b in normal for p in b["path"]} == {f"img{i:03d}.png" for i in range(0, 12, 2)}  # label = i % 2
+    assert not np.concatenate([b["label"] for b in normal]).any() and len(normal[0]["path"]) == 2
 
 
 def test_resume_is_exact_with_device_augmentation(tmp_path):

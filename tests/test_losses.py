@@ -150,3 +150,20 @@ def test_attention_map_of_a_flat_map_is_zero_with_finite_gradient():
     np.testing.assert_array_equal(maps.attention_map(features, kernel, (8, 8)), 0.0)
     grad = jax.grad(lambda f: jnp.sum(losses.soft_mask(maps.attention_map(f, kernel, (8, 8)))))(features)
     assert np.all(np.isfinite(grad))
+
+
+def test_hard_background_term_is_the_mean_of_the_worst_background_pixels():
+    """Hand case: a 4x4 map (16 px), f = 0.2 -> k = ceil(3.2) = 4 worst background errors."""
+    pred = np.zeros((1, 4, 4), np.float32)
+    mask = np.zeros((1, 4, 4), np.float32)
+    mask[0, 0, 0] = 1.0                      # the lesion pixel, predicted 0: error 1, not background
+    pred[0, 3, :] = [0.9, 0.8, 0.5, 0.1]     # a bright non-lesion stripe (the "hardware")
+    pred[0, 2, 0] = 0.3
+    hard = float(losses.hard_background_term(jnp.square(jnp.asarray(pred) - mask), jnp.asarray(mask), 0.2)[0])
+    assert hard == pytest.approx((0.81 + 0.64 + 0.25 + 0.09) / 4, rel=1e-6)
+    # added to the balanced L3 per image: 0.5 * (lesion 1.0 + background mean) + hard
+    background = (0.81 + 0.64 + 0.25 + 0.01 + 0.09) / 15
+    got = float(losses.lesion_loss(jnp.asarray(pred), jnp.asarray(mask), balanced=True, hard_background=0.2))
+    assert got == pytest.approx(0.5 * (1.0 + background) + hard, rel=1e-6)
+    assert float(losses.lesion_loss(jnp.asarray(pred), jnp.asarray(mask), balanced=True)) == \
+        pytest.approx(0.5 * (1.0 + background), rel=1e-6)

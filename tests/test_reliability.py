@@ -155,8 +155,12 @@ def test_a_config_mismatch_is_not_mistaken_for_damage(reference, tmp_path):
 
 def _command(workdir):
     flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-    return [sys.executable, str(REPO / "tests" / "preemptible_train.py"), "0.3", "--config", "tiny",
+    return [sys.executable, str(REPO / "tests" / "preemptible_train.py"), str(_gate(workdir)), "--config", "tiny",
             "--workdir", str(workdir), "--stages", "1", f"--data_dir={workdir / 'data'}", *flags]
+
+
+def _gate(workdir):
+    return workdir.parent / f"{workdir.name}.gate"
 
 
 def _logged_steps(workdir):
@@ -166,33 +170,58 @@ def _logged_steps(workdir):
     return [json.loads(line)["step"] for line in path.read_text().splitlines() if '"train"' in line]
 
 
-def _run(workdir, signum=None, after_step=0, timeout=300):
-    """Run the command; send ``signum`` once a step past ``after_step`` is logged. (status, stdout, stderr)"""
-    process = subprocess.Popen(_command(workdir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+def _wait_for(condition, process, timeout, what):
     deadline = time.monotonic() + timeout
-    while signum is not None and time.monotonic() < deadline and process.poll() is None:
-        if any(step > after_step for step in _logged_steps(workdir)):
-            process.send_signal(signum)
-            break
+    while not condition():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            out, err = process.communicate()
+            raise AssertionError(f"{what}: not seen (exit {process.returncode}) {err[-3000:]}")
         time.sleep(0.05)
-    out, err = process.communicate(timeout=timeout)
-    return process.returncode, out, err
+
+
+def _run(workdir, signum=None, stop_at=None, timeout=300):
+    """Run the command (status, stdout, stderr); with ``signum``, signal it at step ``stop_at``.
+
+    Paced by the gate (`tests/preemptible_train.py`), not by the clock: the run may take train
+    batches 0 to ``stop_at - 1``; with a prefetch of 2 it runs steps up to ``stop_at - 1`` and
+    waits for batch ``stop_at`` (the look-ahead of step ``stop_at``) after step ``stop_at - 1``'s
+    stop check. The signal is sent then; after a SIGTERM the gate opens once the command has said
+    it will stop, so it finishes step ``stop_at`` and saves it, on any machine load."""
+    gate = _gate(workdir)
+    gate.write_text(str(stop_at) if signum is not None else "1000000")
+    waiting = pathlib.Path(f"{gate}.waiting")
+    waiting.unlink(missing_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir.parent / f"{workdir.name}.stderr", "w+") as err_file:
+        process = subprocess.Popen(_command(workdir), cwd=REPO, stdout=subprocess.PIPE, stderr=err_file,
+                                   text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        if signum is not None:
+            _wait_for(lambda: waiting.is_file() and waiting.read_text() == str(stop_at), process, timeout,
+                      f"the run waiting for train batch {stop_at}")
+            process.send_signal(signum)
+            if signum != signal.SIGKILL:
+                _wait_for(lambda: "finishing the step in flight" in pathlib.Path(err_file.name).read_text(),
+                          process, timeout, "the stop request acknowledged")
+                gate.write_text("1000000")
+        out, _ = process.communicate(timeout=timeout)
+        err_file.seek(0)
+        return process.returncode, out, err_file.read()
 
 
 def test_sigkill_then_sigterm_and_the_resumed_run_is_bit_identical(reference, tmp_path):
     workdir = tmp_path / "run"
-    code, _, _ = _run(workdir, signal.SIGKILL, after_step=2)      # no warning, no save
+    code, _, _ = _run(workdir, signal.SIGKILL, stop_at=4)      # no warning, no save
     assert code == -signal.SIGKILL
     killed_at = max(_logged_steps(workdir))
-    assert killed_at < 12
-    # The re-run resumes from the last checkpoint; SIGTERM once it is past the killed run's steps.
-    code, _, err = _run(workdir, signal.SIGTERM, after_step=killed_at + 1)
+    assert killed_at == 3                      # waiting for batch 4: steps 1-3 ran, step 2 was saved
+    # The re-run resumes from the last checkpoint (step 2); SIGTERM once it is past the killed run's steps.
+    code, _, err = _run(workdir, signal.SIGTERM, stop_at=7)
     assert code == errors.EXIT_INTERRUPTED, err[-3000:]
     final = err.strip().splitlines()[-1]
     assert final.startswith("pcam-jax train: SIGTERM: stopped at step ") and "Traceback" not in err
     stopped = int(final.split("stopped at step ")[1].split()[0])
-    assert killed_at + 1 < stopped < 12
+    assert stopped == 7 and killed_at + 1 < stopped < 12   # mid-stage, after the steps the killed run logged
     assert final.endswith(f"checkpoint saved in {checkpointing.stage_directory(workdir, 1) / str(stopped)}; "
                           "re-run the same command to resume")
     checkpoints = checkpointing.StageCheckpoints(workdir, 1, read_only=True)

@@ -271,3 +271,34 @@ def test_eval_step(setup):
     attention, mask = steps.attention_and_mask(features, state["params"], (32, 32), configs.get_config("tiny").stage2)
     assert attention.shape == mask.shape == (8, 32, 32)
     assert float(attention.min()) >= 0.0 and float(attention.max()) <= 1.0
+
+
+def test_stage3_step_with_balanced_mse_matches_numpy(setup):
+    """config.stage3.lesion_loss="balanced_mse" (the demo's) reaches L3 through the train step:
+    per image the mean of the squared error inside and outside the lesion, background alone for
+    an image with an empty mask, computed here by a numpy loop over images."""
+    config, model, state = setup
+    config = config.copy_and_resolve_references()
+    config.stage3.lesion_loss = "balanced_mse"
+    fresh = models.init_variables(model, jax.random.key(1), 32)
+    variables = carry_over({"params": state["params"], "batch_stats": state["batch_stats"]}, fresh)
+    s0 = create_train_state(config, model, jax.random.key(2), init_params=variables)
+    labelled = fake_batch(4, seed=5)
+    labelled["label"][:] = 1
+    labelled["has_mask"][:] = True
+    labelled["mask"][0] = 0.0            # an image whose mask is empty: background term alone
+    labelled["valid"][3] = False         # a padding row: counts in no loss
+    _, m = jax.jit(steps.make_train_step(3, config, model))(s0, device_batch(fake_batch(8)),
+                                                            device_batch(labelled))
+    pred, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, method=models.PCAMNet.segment,
+                                               mutable=["batch_stats"]))(variables, jnp.asarray(labelled["image"]))
+    pred = np.asarray(pred, np.float64)
+    per_image = []
+    for i in range(3):                    # the valid rows
+        error, inside = (pred[i] - labelled["mask"][i]) ** 2, labelled["mask"][i] > 0.5
+        background = error[~inside].mean()
+        per_image.append(0.5 * (error[inside].mean() + background) if inside.any() else background)
+    np.testing.assert_allclose(float(m["l3"]), np.mean(per_image), rtol=1e-4)
+    # and it is not the plain MSE on these images (the option does change the loss)
+    plain = np.mean([((pred[i] - labelled["mask"][i]) ** 2).mean() for i in range(3)])
+    assert abs(plain - np.mean(per_image)) > 1e-3

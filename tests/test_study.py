@@ -8,8 +8,9 @@ import pathlib
 import pytest
 
 from pcam_jax import study
+from pcam_jax.study import choices
 from pcam_jax.configs import get_config
-from pcam_jax.study.tables import format_cell, mean_interval, t_quantile
+from pcam_jax.study.tables import format_cell, mean_interval, paired_differences, t_quantile
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -185,6 +186,45 @@ def test_the_entry_point_lists_the_grid(capsys):
     assert len(printed) == 2 * 5 and printed[1] == "run 2/10: seed0-shortcut_on/stage2-keep  (copies stage 1 of seed0-shortcut_on/stage1)"
 
 
+def test_an_interval_is_clipped_to_the_metrics_range_and_says_so():
+    # [0.9, 1, 1]: mean 0.9667, s = 0.0577, half-width 4.303 * 0.0577 / sqrt(3) = 0.1434 -> [0.823, 1.110]
+    got = mean_interval([0.9, 1.0, 1.0], bounds=(0.0, 1.0))
+    assert got["half_width"] == pytest.approx(4.3027 * math.sqrt(1 / 300) / math.sqrt(3), abs=1e-4)
+    assert (got["low"], got["high"], got["clipped"]) == (pytest.approx(0.9667 - 0.1434, abs=1e-4), 1.0, True)
+    assert format_cell(got).endswith("1.000]*")
+    inside = mean_interval([0.4, 0.5, 0.6], bounds=(0.0, 1.0))
+    assert not inside["clipped"] and inside["high"] < 1.0
+
+
+def _result(seed, stage, mode, labels, **maps):
+    metrics = ("kappa", "auroc", "lesion_auroc", "pointing_game", "pxap")
+    return {"run": {"seed": seed, "shortcut": "on", "stage": stage, "labels": labels, "mode": mode},
+            "rows": [dict({m: None for m in metrics}, map=name, **values) for name, values in maps.items()]}
+
+
+def test_paired_differences_pair_runs_of_the_same_seed_and_label_count():
+    results = []
+    # per seed: stage-1 CAM / positive CAM, stage-2 keep, stage 3 and the segmenter at 10 labels
+    for seed, (cam, pcam, attention, decoder, segmenter) in enumerate([(0.1, 0.2, 0.3, 0.8, 0.6),
+                                                                        (0.2, 0.3, 0.35, 0.9, 0.6),
+                                                                        (0.15, 0.35, 0.3, 0.85, 0.7)]):
+        results += [_result(seed, 1, "", 100, cam={"pointing_game": cam}, positive_cam={"pointing_game": pcam}),
+                    _result(seed, 2, "keep", 100, positive_cam={"pointing_game": attention}),
+                    _result(seed, 3, "keep", 10, decoder={"pointing_game": decoder}),
+                    _result(seed, 4, "", 10, decoder={"pointing_game": segmenter}),
+                    _result(seed, 4, "", 30, decoder={"pointing_game": 0.0})]   # no stage 3 at 30: no pair
+    rows = {(r["comparison"], r["labels"]): r for r in paired_differences(results)["on"]}
+    assert set(rows) == {("stage 3 decoder - stage 4 segmenter", 10), ("stage 2 attention - stage 1 positive CAM", None),
+                         ("stage 1 positive CAM - stage 1 CAM", None)}
+    decoder = rows[("stage 3 decoder - stage 4 segmenter", 10)]["pointing_game"]
+    assert decoder["values"] == pytest.approx([0.2, 0.3, 0.15])
+    # differences 0.2, 0.3, 0.15: mean 0.2167, s = 0.0764, half-width 4.303 * 0.0764 / sqrt(3) = 0.1898
+    assert (decoder["mean"], decoder["half_width"]) == pytest.approx((0.21667, 0.18977), abs=1e-4)
+    assert rows[("stage 2 attention - stage 1 positive CAM", None)]["pointing_game"]["values"] == \
+        pytest.approx([0.1, 0.05, -0.05])
+    assert rows[("stage 1 positive CAM - stage 1 CAM", None)]["seeds"] == [0, 1, 2]
+
+
 # --- end to end ---------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -205,6 +245,10 @@ def test_a_tiny_study_trains_scores_and_resumes(tmp_path, fast_compilation):
         assert 0.0 <= rows[key]["pointing_game"]["mean"] <= 1.0 and 0.0 <= rows[key]["pxap"]["mean"] <= 1.0
     assert 0.0 <= rows[("stage1: CAM", None)]["lesion_auroc"]["mean"] <= 1.0
     assert (tmp_path / "label_efficiency.png").stat().st_size > 1000
+    assert "Paired differences, shortcut on" in (tmp_path / "study.md").read_text()
+    # the segmenter is scored at the checkpoint with the best held-out decoder PxAP, not its random head's AUROC
+    segmenter = json.loads((run_dirs["stage4-n4"] / "eval" / "metrics.json").read_text())
+    assert segmenter["checkpoint_steps"]["stage4"] == choices.segmenter_step(run_dirs["stage4-n4"])
     lines.clear()
     study.run_study(runs, config, tmp_path, log=lines.append)       # all finished: nothing trains
     assert sum("finished before" in l for l in lines) == len(runs)

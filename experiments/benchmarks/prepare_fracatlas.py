@@ -11,7 +11,6 @@ import argparse
 import io
 import time
 
-import numpy as np
 import PIL.Image
 from etils import epath
 

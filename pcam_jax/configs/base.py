@@ -101,6 +101,13 @@ def get_config() -> ml_collections.ConfigDict:
         unmatched_labels="error",     # a label naming no train image: "error" | "drop"
         num_labelled=100,             # fracatlas (masks of its own): masked train images stage 3 sees,
         labelled_seed=0,              # chosen by a seeded hash (pcam_jax/data/fracatlas.py); -1: all
+        # Normal train images (label 0: no lesion, so an empty mask, no clinician needed) appended
+        # to each labelled batch: they tell L3 that hardware, casts and markers are not lesions
+        # (pcam_jax/data/normal_images.py; measured: docs/RESULTS.md section 8). 0: the paper's L3.
+        normal_images_per_batch=0,
+        # L3 also averages the errors of this share of each image's background pixels, the worst
+        # ones (hard-negative mining: bright hardware among them; pcam_jax/training/losses.py). 0: off.
+        hard_background=0.0,
     ))
 
     c.stage4 = ml_collections.ConfigDict(dict(

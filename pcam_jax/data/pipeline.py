@@ -28,7 +28,7 @@ import math
 import numpy as np
 
 from pcam_jax import geometry, runtime
-from pcam_jax.data import resolve_data_dir
+from pcam_jax.data import normal_images, resolve_data_dir
 
 tf = runtime.tensorflow()  # tf.data only needs the CPU; every accelerator is left to JAX
 
@@ -311,27 +311,27 @@ def attach_lesion_masks(records, masks: Mapping[str, np.ndarray]):
 
 
 def labelled_batches(config, records, *, seed: int, start_step: int = 0, process_index: int = 0,
-                     process_count: int = 1) -> Iterator[Batch]:
+                     process_count: int = 1, normal: bool = False) -> Iterator[Batch]:
     """Infinite iterator cycling the records with lesion_labelled True, augmented (image and
-    mask alike), in batches of `labelled_batch_size // process_count`; batches run across
-    the reshuffles, so a set smaller than a batch still works. Resumable like
-    `train_batches`. For MURA pass `attach_lesion_masks(train_records, masks)`."""
+    mask alike), in batches of `labelled_batch_size // process_count`; batches run across the
+    reshuffles, so a set smaller than a batch still works. Resumable like `train_batches`. For MURA
+    pass `attach_lesion_masks(train_records, masks)`. ``normal``: the label-0 records instead, in
+    batches of `normal_images.per_process` (`pcam_jax.data.normal_images`), on their own stream."""
     if "lesion_labelled" not in records.element_spec:
         raise ValueError("The records have no lesion_labelled field; attach clinician masks "
                          "with attach_lesion_masks(records, load_lesion_masks(...)).")
-    batch = _per_process(config.data.labelled_batch_size, process_count, "labelled_batch_size")
-    labelled = records.filter(lambda r: r["lesion_labelled"]).shard(
+    batch, salt = ((normal_images.per_process(config, process_count), normal_images.SALT) if normal else
+                   (_per_process(config.data.labelled_batch_size, process_count, "labelled_batch_size"), _LABELLED_SALT))
+    labelled = records.filter(lambda r: tf.equal(r["label"], 0) if normal else r["lesion_labelled"]).shard(
         process_count, process_index).cache()  # a few images, kept as bytes in memory
     n = count_records(labelled)
     if n == 0:
-        raise ValueError(f"Process {process_index} has no lesion-labelled records "
-                         "(lesion_labelled is False everywhere, or fewer labelled images "
-                         "than processes).")
+        raise ValueError(f"Process {process_index} has no {'normal' if normal else 'lesion-labelled'} records "
+                         "(or fewer than processes).")
     start_epoch, skip = divmod(start_step * batch, n)
     stream = _shuffled_epochs(labelled, epoch_length=n, start_epoch=start_epoch, shuffle_buffer=n,
-                              seed=_stream_seed(seed, _LABELLED_SALT, process_index, 0))
-    return _augmented_batches(config, stream.skip(skip), batch,
-                              _stream_seed(seed, _LABELLED_SALT, process_index, 1))
+                              seed=_stream_seed(seed, salt, process_index, 0))
+    return _augmented_batches(config, stream.skip(skip), batch, _stream_seed(seed, salt, process_index, 1))
 
 
 def image_sizes(records) -> dict[str, tuple[int, int]]:

@@ -8,7 +8,7 @@ from typing import Iterable, Iterator, Protocol
 
 import jax
 
-from pcam_jax.data import clinician_labels, resolve_data_dir
+from pcam_jax.data import clinician_labels, normal_images, resolve_data_dir
 
 
 class DataSource(Protocol):
@@ -57,14 +57,14 @@ class PipelineData:
 
         return uint8_cache, self.uint8_split(split)
 
-    def _train_stream(self, stream: str, seed: int, start_step: int):
+    def _train_stream(self, stream: str, seed: int, start_step: int, **options):
         """``train_batches`` or ``labelled_batches`` of the train split: from the uint8 cache
         (augmented on the device) or through the tf.data pipeline (augmented on the host)."""
         if self._config.data.augment_on == "device":
             source, records = self._uint8("train")
         else:
             source, records = self._pipeline, self._split("train")
-        return getattr(source, stream)(self._config, records, seed=seed, start_step=start_step, **self._process)
+        return getattr(source, stream)(self._config, records, seed=seed, start_step=start_step, **self._process, **options)
 
     def train_batches(self, *, seed, start_step):
         return self._train_stream("train_batches", seed, start_step)
@@ -73,4 +73,7 @@ class PipelineData:
         return self._pipeline.eval_batches(self._config, self._split("model_selection"), **self._process)
 
     def labelled_batches(self, *, seed, start_step):
-        return self._train_stream("labelled_batches", seed, start_step)
+        labelled = self._train_stream("labelled_batches", seed, start_step)
+        if not normal_images.per_process(self._config, jax.process_count()):
+            return labelled   # else normal images follow the labelled few in each batch, masks emptied
+        return map(normal_images.append, labelled, self._train_stream("labelled_batches", seed, start_step, normal=True))

@@ -236,19 +236,24 @@ def train_batches(config, cache: SplitCache, *, seed: int, start_step: int = 0, 
 
 
 def labelled_batches(config, cache: SplitCache, *, seed: int, start_step: int = 0, process_index: int = 0,
-                     process_count: int = 1) -> Iterator[dict]:
-    """Infinite uint8 batches cycling this process's lesion-labelled rows, reshuffled every pass."""
-    from pcam_jax.data import pipeline
+                     process_count: int = 1, normal: bool = False) -> Iterator[dict]:
+    """Infinite uint8 batches cycling this process's lesion-labelled rows, reshuffled every pass;
+    ``normal``: the label-0 rows instead (`pcam_jax.data.normal_images`), on their own stream."""
+    from pcam_jax.data import normal_images, pipeline
 
-    batch = pipeline._per_process(int(config.data.labelled_batch_size), process_count, "labelled_batch_size")
-    labelled = np.flatnonzero(cache.fields["lesion_labelled"])[process_index::process_count]
+    batch = (normal_images.per_process(config, process_count) if normal else
+             pipeline._per_process(int(config.data.labelled_batch_size), process_count, "labelled_batch_size"))
+    salt = _LABELLED_SALT + normal_images.SALT if normal else _LABELLED_SALT
+    chosen = cache.fields["label"] == 0 if normal else cache.fields["lesion_labelled"]
+    labelled = np.flatnonzero(chosen)[process_index::process_count]
     if len(labelled) == 0:
-        raise ValueError(f"Process {process_index} has no lesion-labelled records in {cache.directory}")
+        raise ValueError(f"Process {process_index} has no {'normal' if normal else 'lesion-labelled'} records "
+                         f"in {cache.directory}")
     position = start_step * batch
     while True:
         positions = position + np.arange(batch)
         epochs, offsets = np.divmod(positions, len(labelled))
-        index = np.array([_permutation(labelled, seed, _LABELLED_SALT, process_index, e)[o]
+        index = np.array([_permutation(labelled, seed, salt, process_index, e)[o]
                           for e, o in zip(epochs, offsets)])
         yield cache.rows(index)
         position += batch

@@ -148,6 +148,18 @@ def _labelled_splits(runs, config, split: str, data_dir, figure_rows: int, metho
     return test, held, threshold_split
 
 
+def _save_maps(path: pathlib.Path, test: dict, held: dict | None) -> None:
+    """``test/<stage>/<method>`` and ``held/...`` maps (post-processed, images with a lesion),
+    ``test_masks``, ``held_masks``, ``probs/<stage>`` and ``labels`` (every test image)."""
+    arrays = {"labels": test["labels"], "test_masks": test["masks"],
+              **{f"probs/stage{s}": p for s, p in test["probs"].items()},
+              **{f"test/{name}": m for name, m in test["maps"].items()}}
+    if held is not None:
+        arrays.update(held_masks=held["masks"], **{f"held/{name}": m for name, m in held["maps"].items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+
+
 def _to_json(value):
     if isinstance(value, dict):
         return {str(k): _to_json(v) for k, v in value.items()}
@@ -166,7 +178,7 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
                      out_dir=None, which: str | int = "best", verbose: bool = True,
                      lesion_labels: str | None = None, stages=None,
                      methods: dict[int, tuple[str, ...]] | None = None, extra_methods: tuple[str, ...] = (),
-                     external=None) -> dict:
+                     external=None, save_maps: bool = False) -> dict:
     """Evaluates every trained stage in `workdir`; writes and returns the metrics dict.
 
     ``lesion_labels`` overrides the run's ``config.eval.lesion_labels`` (clinician masks of
@@ -176,7 +188,8 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
     ``extra_methods`` adds classifier maps of the registry (``--methods integrated_gradients``) to
     every stage with a trained classifier. ``external``: a labelled folder scored whole instead of
     the run's test split, into ``<workdir>/eval_external/<folder name>`` by default
-    (`pcam_jax.evaluation.real_data`)."""
+    (`pcam_jax.evaluation.real_data`). ``save_maps`` also writes ``maps.npz``: what the numbers
+    are computed from (`_save_maps`), so anyone can recompute them."""
     workdir = pathlib.Path(workdir)
     out_dir = pathlib.Path(out_dir) if out_dir else (
         workdir / "eval_external" / pathlib.Path(external).resolve().name if external else workdir / "eval")
@@ -235,6 +248,8 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
             ev.metrics["localisation"] = {}
             ev.metrics["localisation_note"] = f"no test image of split {split!r} has a lesion mask"
     metrics = ev.metrics
+    if save_maps:
+        _save_maps(out_dir / "maps.npz", test, held)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics["config"] = config.to_dict()
     metrics["seconds"] = time.perf_counter() - t0

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from pcam_jax.maps import registry
-from pcam_jax.study.tables import METRICS, aggregate, label_efficiency_plot, markdown_table
+from pcam_jax.study.tables import METRICS, aggregate, label_efficiency_plot, markdown_table, paired_differences
 from pcam_jax.training import stages as stages_lib
 
 RESULT = "study_run.json"   # in each run's directory, written last: the run is finished
@@ -199,6 +199,8 @@ def run_config(base, run: StudyRun, data_dir, *, vary_data: bool = True):
         config.data.data_dir = str(pathlib.Path(data_dir).absolute())
         if not stages_lib.get(run.stage).uses("l1"):   # no classifier (stage 4): no counterfactual renders
             config.eval.shortcut_limbs = 0
+            # every epoch's checkpoint kept: `choices.segmenter_step` picks one on held-out localisation
+            config.train.keep_checkpoints = max(int(config.train.keep_checkpoints), int(config.stage4.num_epochs) + 1)
     return config
 
 
@@ -207,6 +209,7 @@ def run_config(base, run: StudyRun, data_dir, *, vary_data: bool = True):
 def train_and_score(run: StudyRun, config, run_dir: pathlib.Path, *, should_stop=None) -> dict:
     """Train the run's stage in ``run_dir`` (resuming), then score it on the test split."""
     from pcam_jax.evaluation.evaluate import evaluate_workdir
+    from pcam_jax.study import choices
     from pcam_jax.training import loop, reporting
 
     reporter = reporting.Reporter(run_dir, tensorboard=False)
@@ -214,7 +217,10 @@ def train_and_score(run: StudyRun, config, run_dir: pathlib.Path, *, should_stop
         loop.train_and_evaluate(config, run_dir, (run.stage,), reporter=reporter, should_stop=should_stop)
     finally:
         reporter.close()
-    return evaluate_workdir(run_dir, stages=(run.stage,), methods={run.stage: SCORED[run.stage]}, verbose=False)
+    # The segmenter's head is random: its checkpoint is chosen by held-out decoder PxAP, not the loop's "best".
+    which = "best" if stages_lib.get(run.stage).uses("l1") else choices.segmenter_step(run_dir, run.stage)
+    return evaluate_workdir(run_dir, stages=(run.stage,), methods={run.stage: SCORED[run.stage]}, verbose=False,
+                            which=which)
 
 
 def copy_stage(source_dir: pathlib.Path, run_dir: pathlib.Path, stage: int) -> None:
@@ -321,11 +327,11 @@ def run_study(runs: Sequence[StudyRun], base_config, workdir, *, runner: Callabl
         seconds[run.kind].append(took)
         results.append(result)
         log(f"{prefix} ... done in {took:.0f}s; ETA {_eta(runs[k:], seconds)}")
-    aggregated = aggregate(results, runs)
+    aggregated, paired = aggregate(results, runs), paired_differences(results)
     study = {"stopped": False, "settings": settings or {}, "runs": results, "aggregate": aggregated,
-             "seconds": sum(float(r["seconds"]) for r in results)}
+             "paired": paired, "seconds": sum(float(r["seconds"]) for r in results)}
     (workdir / "study.json").write_text(json.dumps(study, indent=2))
-    (workdir / "study.md").write_text(markdown_table(aggregated))
+    (workdir / "study.md").write_text(markdown_table(aggregated, paired=paired))
     label_efficiency_plot(aggregated, workdir / "label_efficiency.png")
     log(f"wrote {workdir / 'study.json'}, {workdir / 'study.md'} and {workdir / 'label_efficiency.png'}")
     return study

@@ -8,6 +8,8 @@ abnormal images gives L2 = 0 rather than NaN.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -120,7 +122,8 @@ def attention_loss(masked_logits: Array, labels: Array, mode: str, abnormal_only
     return _mean_over_rows(per_row, rows)
 
 
-def lesion_loss(pred_map: Array, mask: Array, valid: Array | None = None, balanced: bool = False) -> Array:
+def lesion_loss(pred_map: Array, mask: Array, valid: Array | None = None, balanced: bool = False,
+                hard_background: float = 0.0) -> Array:
     """L3 = MSE between the decoder's lesion map and the lesion mask, over the valid images.
 
     ``L3 = sum_i v_i * mean_xy (D_i(x, y) - M_i(x, y))^2 / sum_i v_i`` (0 when no image counts).
@@ -131,11 +134,17 @@ def lesion_loss(pred_map: Array, mask: Array, valid: Array | None = None, balanc
     low loss by predicting 0 everywhere (seen on the synthetic demo). An image with an
     empty mask uses its background term alone.
 
+    ``hard_background = f > 0`` (not the paper's) adds, per image, the mean squared error of the
+    ``ceil(f * H * W)`` background pixels the decoder gets most wrong (online hard-negative mining):
+    a few bright non-lesion pixels (hardware, a cast) weigh next to nothing in a mean over the whole
+    background, and are exactly what a lesion decoder confuses (docs/RESULTS.md section 6).
+
     Args:
       pred_map: (B, H, W) in [0, 1].
       mask: (B, H, W) in {0, 1}.
       valid: optional (B,) bool, e.g. ``has_mask & valid``.
       balanced: lesion/background-balanced MSE instead of the plain MSE.
+      hard_background: share of the pixels in the hard-background term (0: none).
     """
     mask = mask.astype(jnp.float32)
     error = jnp.square(pred_map.astype(jnp.float32) - mask)
@@ -146,7 +155,18 @@ def lesion_loss(pred_map: Array, mask: Array, valid: Array | None = None, balanc
         per_image = jnp.where(inside > 0, 0.5 * (lesion_term + background_term), background_term)
     else:
         per_image = jnp.mean(error, axis=(1, 2))
+    if hard_background > 0:
+        per_image = per_image + hard_background_term(error, mask, hard_background)
     return _mean_over_rows(per_image, _rows(valid, pred_map.shape[0]))
+
+
+def hard_background_term(error: Array, mask: Array, fraction: float) -> Array:
+    """(B,) mean of the ``k = ceil(fraction * H * W)`` largest background errors of each image
+    (lesion pixels count as 0; an image with fewer than k background pixels averages over k anyway)."""
+    b, h, w = error.shape
+    k = max(1, min(h * w, math.ceil(fraction * h * w)))
+    background_errors = (error * (1.0 - mask)).reshape(b, h * w)
+    return jnp.mean(jax.lax.top_k(background_errors, k)[0], axis=1)
 
 
 def stage_loss(l1: Array, l2: Array, l3: Array, lam: Array, l3_weight: float) -> Array:

@@ -68,6 +68,9 @@ def check_config(config: Any) -> None:
                          f"got {s2.masked_batch_norm!r}")
     if not 0.0 <= float(s2.accuracy_ema) < 1.0:
         raise ValueError(f"config.stage2.accuracy_ema is a decay in [0, 1), got {s2.accuracy_ema!r}")
+    if not 0.0 <= float(config.stage3.hard_background) <= 1.0:
+        raise ValueError(f"config.stage3.hard_background is a share of the pixels in [0, 1], "
+                         f"got {config.stage3.hard_background!r}")
     lesion_loss = config.stage3.lesion_loss
     if lesion_loss not in LESION_LOSSES:
         raise ValueError(f"config.stage3.lesion_loss must be one of {LESION_LOSSES}, got {lesion_loss!r}")
@@ -89,6 +92,7 @@ def make_loss_fn(stage: int | stages_lib.Stage, config: Any, model: PCAMNet) -> 
     mask_mode, abnormal_only = str(s2.mask_mode), bool(s2.abnormal_only)
     l3_weight = float(config.stage3.l3_weight) if stage.uses("l3") else 0.0
     balanced_l3 = config.stage3.lesion_loss == "balanced_mse"
+    hard_background = float(config.stage3.hard_background)
     own_class_maps = s2.attention_class == "label"
     masked_batch_stats = s2.masked_batch_norm == "batch"
 
@@ -128,7 +132,7 @@ def make_loss_fn(stage: int | stages_lib.Stage, config: Any, model: PCAMNet) -> 
                                         train=True, method=PCAMNet.segment, mutable=["batch_stats"])
             l3 = losses.lesion_loss(lesion_map, labelled_batch["mask"],
                                     labelled_batch["has_mask"] & labelled_batch["valid"],
-                                    balanced=balanced_l3)
+                                    balanced=balanced_l3, hard_background=hard_background)
         if stage.losses == ("l1",):
             loss = l1
         elif stage.losses == ("l3",):  # the plain pass only keeps the BN statistics and metrics going
