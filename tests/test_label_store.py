@@ -168,7 +168,9 @@ def test_commands_answer_bad_input_with_one_line(tmp_path, capsys):
     (tmp_path / "list.csv").write_text("path,score,rank\nx.png,1,1\n")
     labels = tmp_path / "labels.json"
     (tmp_path / "labels.json.lock").write_text(json.dumps({"pid": os.getpid(), "host": __import__("socket").gethostname()}))
-    code = pcam_jax_command("label", "--list", tmp_path / "list.csv", "--out", labels, "--image_root", tmp_path / "root")
+    # --workdir= : absl flags keep their values between commands of one process (an earlier test's run)
+    code = pcam_jax_command("label", "--list", tmp_path / "list.csv", "--out", labels, "--image_root", tmp_path / "root",
+                            "--workdir=")
     err = capsys.readouterr().err
     assert code == 2 and "is being written by another `pcam-jax label`" in err and "Traceback" not in err
     assert pcam_jax_command("select", "--workdir", tmp_path, "--method", "entropy") == 2

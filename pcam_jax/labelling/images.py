@@ -49,8 +49,8 @@ class DatasetImages:
 
         tf = pipeline.tf
         wanted = tf.constant(paths)
-        records = pipeline.load_records(config, split, data_dir).filter(
-            lambda r: tf.reduce_any(tf.equal(r["path"], wanted)))
+        records = pipeline.load_records(config, split, data_dir).filter(  # no autograph: `tf` is a local here
+            tf.autograph.experimental.do_not_convert(lambda r: tf.reduce_any(tf.equal(r["path"], wanted))))
         self._encoded = {}
         for record in records.map(lambda r: (r["path"], r["image"])).as_numpy_iterator():
             path, image = record[0].decode(), record[1]

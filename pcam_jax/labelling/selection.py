@@ -65,10 +65,11 @@ def candidate_records(config, excluded: set[str], data_dir=None):
     records = pipeline.load_records(config, "train", data_dir)
     keep = tf.constant(sorted(excluded) or [""])
     labelled_field = "lesion_labelled" in records.element_spec
-    return records.filter(lambda r: tf.logical_and(
+    # do_not_convert: autograph would resolve `tf` in this module's globals, where it is not (seen in a test run)
+    return records.filter(tf.autograph.experimental.do_not_convert(lambda r: tf.logical_and(
         tf.logical_and(tf.equal(r["label"], 1),
                        tf.logical_not(r["lesion_labelled"]) if labelled_field else tf.constant(True)),
-        tf.logical_not(tf.reduce_any(tf.equal(r["path"], keep)))))
+        tf.logical_not(tf.reduce_any(tf.equal(r["path"], keep))))))
 
 
 def score_candidates(run, records, acquisition_name: str, *, methods=None, seed: int = 0,
