@@ -58,12 +58,13 @@ def selection_shortcuts(run, methods: tuple[str, ...], limbs: int, rendered=None
 def stage_scores(workdir, stages, limbs: int = 100) -> dict:
     """Per stage of the run in ``workdir`` (best checkpoint): its model-selection metrics (from the
     training log), held-out localisation of its maps, and its selection-limb shortcut numbers."""
+    from pcam_jax.maps import registry as maps_registry
     from pcam_jax.run import analysis
     from pcam_jax.training import stages as stages_lib
 
     workdir = pathlib.Path(workdir)
     runs = {s: analysis.load(workdir, s, "best") for s in stages}
-    methods = {s: tuple(m for m in ("decoder", "positive_cam", "cam") if m in stages_lib.get(s).map_methods)
+    methods = {s: tuple(m for m in stages_lib.get(s).map_methods if maps_registry.get(m).in_paper)  # the paper's maps
                for s in stages}
     held = heldout_localisation(runs, methods)
     log = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -74,7 +75,7 @@ def stage_scores(workdir, stages, limbs: int = 100) -> dict:
                  HELDOUT_SPLIT: {m: held[f"stage{s}/{m}"] for m in methods[s]}}
         if stages_lib.get(s).uses("l1"):
             entry["selection_limbs"] = selection_shortcuts(
-                run, tuple(m for m in ("positive_cam", "decoder") if m in methods[s]), limbs)
+                run, tuple(m for m in methods[s] if m != "cam"), limbs)   # the stage's own map(s)
         out[f"stage{s}"] = entry
     return out
 
