@@ -93,7 +93,7 @@ def summarize(workdir: pathlib.Path, outputs: dict[str, Any], seconds: dict[str,
         lines.append(f"maps and report: {workdir / 'eval'} ({', '.join(sorted(figures.values()))}, report.md)")
     lines.append(f"training logs: {workdir / 'metrics.jsonl'}, TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}")
     lines.append("these are one seed's numbers (config.seed); seed means with paired 95 % intervals, and which of "
-                 "the differences above the seeds support: docs/RESULTS.md, sections 5 and 6")
+                 "the differences above the seeds support: docs/RESULTS.md, sections 5 and 8")
     lines.append("")
     lines.append("wall time per phase:")
     for name, value in seconds.items():

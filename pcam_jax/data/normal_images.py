@@ -6,7 +6,7 @@ labelled few are all abnormal, and L3 never sees a normal limb: lesion-like stru
 (hardware, a cast) are never called "not a lesion" on their own. On the synthetic demo they do
 little alone (a few hardware pixels weigh next to nothing in a mean over the background); with
 `losses.hard_background_term` (``config.stage3.hard_background``), which makes those pixels count,
-they lower the decoder's response to hardware further (docs/RESULTS.md section 6). ``config.stage3.normal_images_per_batch = K``
+they lower the decoder's response to hardware further (docs/RESULTS.md section 8). ``config.stage3.normal_images_per_batch = K``
 appends K normal train images, mask emptied, to every labelled batch: both input paths
 (`pcam_jax.data.pipeline`, `pcam_jax.data.uint8_cache`) draw them with
 ``labelled_batches(..., normal=True)``, the loop's data source joins them with `append`.

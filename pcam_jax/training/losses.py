@@ -137,7 +137,7 @@ def lesion_loss(pred_map: Array, mask: Array, valid: Array | None = None, balanc
     ``hard_background = f > 0`` (not the paper's) adds, per image, the mean squared error of the
     ``ceil(f * H * W)`` background pixels the decoder gets most wrong (online hard-negative mining):
     a few bright non-lesion pixels (hardware, a cast) weigh next to nothing in a mean over the whole
-    background, and are exactly what a lesion decoder confuses (docs/RESULTS.md section 6).
+    background, and are exactly what a lesion decoder confuses (docs/RESULTS.md section 8).
 
     Args:
       pred_map: (B, H, W) in [0, 1].
