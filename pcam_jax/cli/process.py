@@ -158,6 +158,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     # command in the same process (a notebook, the tests) would define them again and fail.
     for stale in [flag for flag in flags.FLAGS if flag.startswith("config.")]:
         delattr(flags.FLAGS, stale)
+    # ... and every other flag would keep the value the previous command gave it (absl flags are
+    # process-global): back to their defaults first.
+    flags.FLAGS.unparse_flags()
     try:
         rest = flags.FLAGS(argv)
         config = flags.FLAGS.config if "config" in flags.FLAGS else None

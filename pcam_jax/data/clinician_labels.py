@@ -109,8 +109,9 @@ def match(sources, sizes_by_split: dict[str, dict], *, use: tuple[str, ...], fie
         notes.append(report.summary())
     print(f"{field}: {len(used)} labelled {'/'.join(use)} images from {len(sources)} source(s)"
           + (f"; {', '.join(notes)}" if notes else ""), flush=True)
-    if not used:
-        raise LabelMatchError(f"{field}: no label falls on a {'/'.join(use)} image; nothing to "
+    if not used:  # say why: every entry skipped (the first reasons, each naming its file) or elsewhere
+        why = f" ({report.summary()})" if report.skipped else ""
+        raise LabelMatchError(f"{field}: no label falls on a {'/'.join(use)} image{why}; nothing to "
                               f"{'train on' if section == 'stage3' else 'score'}.")
     return used
 
