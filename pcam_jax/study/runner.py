@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from pcam_jax.maps import registry
-from pcam_jax.study.tables import METRICS, aggregate, label_efficiency_plot, markdown_table, paired_differences
+from pcam_jax.study.tables import aggregate, label_efficiency_plot, markdown_table, paired_differences
 from pcam_jax.training import stages as stages_lib
 
 RESULT = "study_run.json"   # in each run's directory, written last: the run is finished
