@@ -302,3 +302,43 @@ def test_stage3_step_with_balanced_mse_matches_numpy(setup):
     # and it is not the plain MSE on these images (the option does change the loss)
     plain = np.mean([((pred[i] - labelled["mask"][i]) ** 2).mean() for i in range(3)])
     assert abs(plain - np.mean(per_image)) > 1e-3
+
+
+def test_cosine_schedule_closed_form_and_first_adam_update(setup):
+    """optimizer.schedule="cosine": lr(t) = lr0 * (1 + cos(pi * t / T)) / 2 after the warm-up, and
+    Adam's first update (|m / sqrt(v)| = 1 per element) is exactly -lr(0) * sign(grad)."""
+    from pcam_jax.training.state import learning_rate_schedule
+
+    config, _, state = setup
+    c = config.copy_and_resolve_references()
+    c.optimizer.schedule, c.optimizer.learning_rate, c.optimizer.warmup_steps = "cosine", 2e-3, 0
+    schedule = learning_rate_schedule(c.optimizer, 40)
+    for t in (0, 7, 20, 33, 40):
+        assert math.isclose(float(schedule(t)), 2e-3 * (1 + math.cos(math.pi * t / 40)) / 2, rel_tol=1e-5, abs_tol=1e-9)
+    c.optimizer.warmup_steps = 10   # linear from 0 to lr0 over 10 steps, then the half cosine over the other 30
+    schedule = learning_rate_schedule(c.optimizer, 40)
+    assert math.isclose(float(schedule(5)), 1e-3, rel_tol=1e-5)
+    assert math.isclose(float(schedule(25)), 2e-3 * (1 + math.cos(math.pi * 15 / 30)) / 2, rel_tol=1e-5)
+    c.optimizer.warmup_steps = 0
+    params = {"w": jnp.array([0.5, -1.0, 2.0])}
+    grads = {"w": jnp.array([0.3, -0.2, 0.0001])}
+    tx = make_optimizer(c, total_steps=40)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    # Adam's epsilon (1e-8) against |g| shows only in the smallest gradient
+    np.testing.assert_allclose(np.asarray(updates["w"]), -2e-3 * np.sign(np.asarray(grads["w"])), rtol=1e-3)
+    with pytest.raises(ValueError, match="needs the stage's step count"):
+        make_optimizer(c)
+    c.optimizer.schedule = "linear"
+    with pytest.raises(ValueError, match="must be one of"):
+        make_optimizer(c, total_steps=40)
+
+
+def test_cosine_state_has_the_constant_schedules_structure(setup):
+    config, model, state = setup
+    c = config.copy_and_resolve_references()
+    c.optimizer.schedule = "cosine"
+    cosine = jax.jit(lambda key: create_train_state(c, model, key))(jax.random.key(0))
+    assert jax.tree.structure(cosine["opt_state"]) == jax.tree.structure(state["opt_state"])
+    step = jax.jit(steps.make_train_step(1, c, model, total_steps=5))
+    new, metrics = step(cosine, device_batch(fake_batch(8)))
+    assert int(new["step"]) == 1 and np.isfinite(float(metrics["loss"]))

@@ -68,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
         b2=0.999,
         weight_decay=0.0,
         warmup_steps=0,
+        schedule="constant",          # | "cosine": to 0 over each stage's steps (pcam_jax/training/state.py)
     ))
 
     c.stage1 = ml_collections.ConfigDict(dict(

@@ -95,7 +95,7 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
             start = int(saved["data_position"])
             reporter.message(f"stage {stage}: resuming from step {start} ({checkpoints.directory})")
 
-        train_step = mesh_lib.jit_train_step(steps.make_train_step(spec, config, model), mesh, state)
+        train_step = mesh_lib.jit_train_step(steps.make_train_step(spec, config, model, total_steps), mesh, state)
         eval_step = jax.jit(steps.make_eval_step(model))
         maps_fn = reporting.jit_summary_maps(model, stage=spec, logit_difference=bool(config.stage2.logit_difference))
         seed = _stage_seed(config, stage)

@@ -42,12 +42,23 @@ OPTIMIZERS = ("adam", "adamw")
 INITIAL_ACCURACY = 0.5
 
 
-def learning_rate_schedule(optimizer_config: Any) -> optax.Schedule:
-    """Constant learning rate after a linear warm-up from 0 over ``warmup_steps`` (none when 0)."""
+SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_schedule(optimizer_config: Any, total_steps: int | None = None) -> optax.Schedule:
+    """A linear warm-up from 0 over ``warmup_steps`` (none when 0), then ``schedule``:
+    "constant" (the learning rate to the end) or "cosine" (half a cosine from the learning rate
+    to 0 at ``total_steps``, the stage's step count; the count restarts with each stage)."""
     lr, warmup = float(optimizer_config.learning_rate), int(optimizer_config.warmup_steps)
-    if warmup <= 0:
-        return optax.constant_schedule(lr)
-    return optax.warmup_constant_schedule(0.0, lr, warmup)
+    kind = str(optimizer_config.schedule)
+    if kind not in SCHEDULES:
+        raise ValueError(f"config.optimizer.schedule must be one of {SCHEDULES}, got {kind!r}")
+    if kind == "constant":
+        return optax.constant_schedule(lr) if warmup <= 0 else optax.warmup_constant_schedule(0.0, lr, warmup)
+    if total_steps is None or int(total_steps) <= warmup:
+        raise ValueError(f"config.optimizer.schedule='cosine' needs the stage's step count (> warmup_steps="
+                         f"{warmup}); got total_steps={total_steps}")
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, int(total_steps), end_value=0.0)
 
 
 def _decay_mask(params):
@@ -67,13 +78,15 @@ def freeze_parts(parts: Sequence[str]) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def make_optimizer(config: Any, *, frozen_parts: Sequence[str] = ()) -> optax.GradientTransformation:
+def make_optimizer(config: Any, *, frozen_parts: Sequence[str] = (),
+                   total_steps: int | None = None) -> optax.GradientTransformation:
     """The optimizer of ``config.optimizer`` over the whole params pytree.
 
     ``adam``: Adam, with ``weight_decay`` as a coupled L2 term added to the gradient (as
     PyTorch's ``Adam(weight_decay=...)``); ``adamw``: decoupled weight decay. Weight decay
     applies to kernels only. ``frozen_parts`` (e.g. ``("decoder",)`` in stages 1-2) get an
-    update of exactly zero; the state structure does not depend on it.
+    update of exactly zero; the state structure does not depend on it, nor on ``total_steps``
+    (the stage's step count, which a "cosine" ``schedule`` decays over).
     """
     oc = config.optimizer
     name = str(oc.name).lower()
@@ -82,7 +95,7 @@ def make_optimizer(config: Any, *, frozen_parts: Sequence[str] = ()) -> optax.Gr
     unknown = set(frozen_parts) - set(PARTS)
     if unknown:
         raise ValueError(f"frozen_parts {sorted(unknown)} are not parts of the network {PARTS}")
-    schedule = learning_rate_schedule(oc)
+    schedule = learning_rate_schedule(oc, total_steps)
     b1, b2, weight_decay = float(oc.b1), float(oc.b2), float(oc.weight_decay)
     if name == "adamw":
         tx = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=_decay_mask)
@@ -144,7 +157,9 @@ def create_train_state(config: Any, model: PCAMNet, rng: jax.Array, *, init_para
         "step": jnp.zeros((), jnp.int32),
         "params": params,
         "batch_stats": variables["batch_stats"],
-        "opt_state": make_optimizer(config).init(params),
+        # init's structure and values do not depend on the schedule (one step count either way),
+        # so any step count serves a "cosine" schedule here; the train step builds the real one.
+        "opt_state": make_optimizer(config, total_steps=int(config.optimizer.warmup_steps) + 1).init(params),
         "confidence": {
             "accuracy_ema": jnp.asarray(INITIAL_ACCURACY, jnp.float32),
             "val_accuracy": jnp.asarray(INITIAL_ACCURACY, jnp.float32),

@@ -147,13 +147,14 @@ def make_loss_fn(stage: int | stages_lib.Stage, config: Any, model: PCAMNet) -> 
     return loss_fn
 
 
-def make_train_step(stage: int | stages_lib.Stage, config: Any, model: PCAMNet) -> TrainStep:
+def make_train_step(stage: int | stages_lib.Stage, config: Any, model: PCAMNet,
+                    total_steps: int | None = None) -> TrainStep:
     """``train_step(state, batch, labelled_batch=None) -> (new_state, metrics)`` for ``stage``.
 
     ``labelled_batch`` (required by stages with ``needs_labelled``, stage 3) is a batch of the
     few images with lesion labels. The optimizer is ``make_optimizer(config, frozen_parts=...)``
     with the stage's frozen parts (the decoder in stages 1-2); its state has the structure
-    `create_train_state` made.
+    `create_train_state` made; ``total_steps`` (the stage's) is what a "cosine" schedule decays over.
 
     Metrics (float32 scalars, left on device): ``loss, l1, l2, l3, accuracy`` (of the plain
     pass on the valid rows), ``confidence`` (lambda; reported in stage 1 too, where the loss is
@@ -163,7 +164,7 @@ def make_train_step(stage: int | stages_lib.Stage, config: Any, model: PCAMNet) 
     """
     stage = stage if isinstance(stage, stages_lib.Stage) else stages_lib.get(stage)
     loss_fn = make_loss_fn(stage, config, model)
-    optimizer = make_optimizer(config, frozen_parts=stage.frozen_parts)
+    optimizer = make_optimizer(config, frozen_parts=stage.frozen_parts, total_steps=total_steps)
     # config.data.augment_on="device": uint8 batches, flipped/rotated/scaled here (None: host did it).
     augment = device_augment.make_train_augment(config, stage.number)
 
