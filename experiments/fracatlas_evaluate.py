@@ -2,7 +2,12 @@
 2-core CPU affords: `pcam-jax evaluate` minus the four that forward the network once per channel
 or step (Score-CAM, AblationCAM: 128 forwards per image; Integrated Gradients, SmoothGrad: 32).
 
-    python experiments/fracatlas_evaluate.py RUN [--external FOLDER] [--out DIR]
+    python experiments/fracatlas_evaluate.py RUN [--external FOLDER] [--out DIR] [--save_maps]
+        [--stages 1,2,3] [--which best|latest|STEP]
+
+The seeded study (experiments/fracatlas_seeds.py) scores stages 1-3 at their best checkpoints
+(model_selection AUROC) with ``--stages 1,2,3 --save_maps`` and the stage-4 segmenter at its last
+epoch with ``--stages 4 --which latest --out RUN/eval_stage4 --save_maps``.
 """
 
 import argparse
@@ -20,12 +25,18 @@ def main():
     parser.add_argument("workdir")
     parser.add_argument("--external", default=None)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--stages", default=None, help="e.g. 1,2,3 (default: every trained stage)")
+    parser.add_argument("--which", default="best", help="best, latest or a step number")
+    parser.add_argument("--save_maps", action="store_true", help="also write maps.npz (the maps scored)")
     args = parser.parse_args()
-    methods = {s: tuple(m for m in stages.get(s).map_methods if m not in EXPENSIVE)
-               for s in checkpointing.trained_stages(args.workdir)}
+    trained = checkpointing.trained_stages(args.workdir)
+    chosen = [int(s) for s in args.stages.split(",")] if args.stages else trained
+    methods = {s: tuple(m for m in stages.get(s).map_methods if m not in EXPENSIVE) for s in chosen if s in trained}
     assert all(m in maps.METHODS for ms in methods.values() for m in ms)
     start = time.perf_counter()
-    evaluate_workdir(args.workdir, methods=methods, external=args.external, out_dir=args.out)
+    which = int(args.which) if args.which.isdigit() else args.which
+    evaluate_workdir(args.workdir, methods=methods, external=args.external, out_dir=args.out, stages=list(methods),
+                     which=which, save_maps=args.save_maps)
     print(f"evaluate wall {time.perf_counter() - start:.0f} s")
 
 
