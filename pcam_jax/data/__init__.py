@@ -37,6 +37,10 @@ import numpy as np
 DEVICE_KEYS = ("image", "label", "mask", "has_mask", "valid")
 CLASS_NAMES = ("normal", "abnormal")
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"  # TFDS's own default
+# The split whose own lesion masks may choose things (IoU/Dice thresholds in `pcam-jax evaluate`,
+# the few-label segmenter's checkpoint in the loop), never the test split; a dataset absent here
+# (MURA, a folder) has none: its masks, if any, come from clinician label files.
+HELDOUT_MASK_SPLIT = {"synthetic": "heldout_labelled", "fracatlas": "model_selection"}
 
 
 def resolve_data_dir(config, data_dir: str | None = None) -> str:
@@ -44,6 +48,12 @@ def resolve_data_dir(config, data_dir: str | None = None) -> str:
     `DEFAULT_DATA_DIR`; ``~`` expanded. The one place this default is decided."""
     return os.path.expanduser(str(data_dir or config.data.data_dir or DEFAULT_DATA_DIR))
 
+
+def scorable_rows(batch) -> np.ndarray:
+    """(B,) bool: the rows of a batch a map can be scored on: real (``valid``), annotated
+    (``has_mask``) and with a lesion (a normal image's empty mask scores no map)."""
+    lesion = np.asarray(batch["mask"]).reshape(len(batch["valid"]), -1).any(axis=1)
+    return np.asarray(batch["valid"], bool) & np.asarray(batch["has_mask"], bool) & lesion
 
 
 def record_features(with_hardware: bool = False):

@@ -28,23 +28,21 @@ import numpy as np
 
 from pcam_jax.run import analysis
 from pcam_jax import maps as maps_lib
-from pcam_jax.data import resolve_data_dir
+from pcam_jax.data import HELDOUT_MASK_SPLIT, resolve_data_dir, scorable_rows
 from pcam_jax.evaluation import progress, evaluators, real_data, report, shortcuts
 from pcam_jax.training import checkpointing, stages as stages_lib
 
 
 
 TEST_SPLIT = {"synthetic": "test", "mura": "valid", "fracatlas": "test"}
-THRESHOLD_SPLIT = {"synthetic": "heldout_labelled", "fracatlas": "model_selection"}
 
 
 def _collect_batch(batch: dict, runs: dict, out: dict) -> None:
     """Adds one eval batch's labels and probabilities to `_collect`'s lists ``out``, and queues
     its images with a lesion for `_map_queued`."""
     valid = batch["valid"]
-    lesion = batch["mask"].reshape(len(valid), -1).any(axis=1)
-    keep = valid & batch["has_mask"] & lesion
-    out["n_empty_masks"] += int((valid & batch["has_mask"] & ~lesion).sum())
+    keep = scorable_rows(batch)
+    out["n_empty_masks"] += int((valid & batch["has_mask"]).sum() - keep.sum())
     out["labels"].append(batch["label"][valid])
     out["study_id"].append(batch["study_id"][valid])
     out["body_part"].append(batch["body_part"][valid])
@@ -128,7 +126,7 @@ def _labelled_splits(runs, config, split: str, data_dir, figure_rows: int, metho
     With ``config.eval.lesion_labels`` (real data), the test records carry those clinician
     masks and a held-out share of their patients chooses the thresholds
     (`pcam_jax.data.clinician_labels`); otherwise the dataset's own masks and its
-    ``THRESHOLD_SPLIT`` (synthetic: heldout_labelled).
+    `pcam_jax.data.HELDOUT_MASK_SPLIT` (synthetic: heldout_labelled; FracAtlas: model_selection).
     """
     from pcam_jax.data import clinician_labels, pipeline
 
@@ -142,7 +140,7 @@ def _labelled_splits(runs, config, split: str, data_dir, figure_rows: int, metho
                          name="held-out labels: maps for thresholds") if held is not None else None)
         return test, held, "held-out share of config.eval.lesion_labels"
     test = _collect(runs, config, split, data_dir, figure_rows=figure_rows, methods=methods, sections=sections)
-    threshold_split = THRESHOLD_SPLIT.get(config.data.dataset)
+    threshold_split = HELDOUT_MASK_SPLIT.get(config.data.dataset)
     held = (_collect(runs, config, threshold_split, data_dir, methods=methods, sections=sections)
             if threshold_split else None)
     return test, held, threshold_split
