@@ -122,6 +122,10 @@ def get_config() -> ml_collections.ConfigDict:
         keep_checkpoints=2,
         best_metric="auroc",          # model-selection metric kept as the "best" checkpoint
         best_mode="max",
+        # A stage without a trained classifier (stage 4) keeps instead the checkpoint whose decoder
+        # scores the best PxAP on the first this-many held-out lesion masks (data.HELDOUT_MASK_SPLIT;
+        # pcam_jax/training/selection.py), its latest when the dataset has none.
+        heldout_selection_images=100,
         # Divergence guard (pcam_jax/training/guards.py), 0 turns a check off: stop when a step's
         # loss exceeds this factor times its running median (over divergence_window steps) ...
         divergence_loss_factor=100.0,

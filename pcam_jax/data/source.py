@@ -8,7 +8,7 @@ from typing import Iterable, Iterator, Protocol
 
 import jax
 
-from pcam_jax.data import clinician_labels, normal_images, resolve_data_dir
+from pcam_jax.data import HELDOUT_MASK_SPLIT, clinician_labels, normal_images, resolve_data_dir
 
 
 class DataSource(Protocol):
@@ -19,6 +19,7 @@ class DataSource(Protocol):
     def train_batches(self, *, seed: int, start_step: int) -> Iterator[dict]: ...
     def eval_batches(self) -> Iterable[dict]: ...
     def labelled_batches(self, *, seed: int, start_step: int) -> Iterator[dict]: ...
+    def heldout_mask_batches(self, limit: int) -> Iterable[dict] | None: ...
 
 
 class PipelineData:
@@ -71,6 +72,17 @@ class PipelineData:
 
     def eval_batches(self):
         return self._pipeline.eval_batches(self._config, self._split("model_selection"), **self._process)
+
+    def heldout_mask_batches(self, limit):
+        """The first ``limit`` annotated records of the dataset's held-out mask split, as eval
+        batches (`pcam_jax.data.HELDOUT_MASK_SPLIT`); None where the dataset has no such split."""
+        split = HELDOUT_MASK_SPLIT.get(self._config.data.dataset)
+        if split is None:
+            return None
+        records = self._split(split).filter(lambda r: r["has_mask"]).take(int(limit))
+        if self._pipeline.count_records(records) == 0:
+            return None
+        return self._pipeline.eval_batches(self._config, records, **self._process)
 
     def labelled_batches(self, *, seed, start_step):
         labelled = self._train_stream("labelled_batches", seed, start_step)

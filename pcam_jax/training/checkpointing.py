@@ -5,14 +5,15 @@ Layout::
     <workdir>/checkpoints/stage{N}/<step>/
         state/     the train state: {"step", "params", "batch_stats", "opt_state", "confidence"}
         meta/      JSON: stage, step, epoch, data position, confidence (lambda) state, the
-                   resolved config, and the model-selection metrics when saved after an eval
+                   resolved config, what ranks "best" (`selection.criterion`), and the
+                   model-selection metrics when saved after an eval
         metrics/   the model-selection metrics (Orbax's own copy, used to rank "best")
 
 Retention: ONE manager per stage whose preservation policy keeps a checkpoint when it is
 among the latest ``config.train.keep_checkpoints`` OR it is the best one by
-``config.train.best_metric`` / ``best_mode``. Only end-of-epoch checkpoints carry metrics
-(mid-epoch ones, from ``train.checkpoint_every_steps``, do not), so "best" is always an
-end-of-epoch checkpoint, and the latest one is always there to resume from.
+``config.train.best_metric`` / ``best_mode`` (stage 4: ``heldout_pxap``, max). Only end-of-epoch
+checkpoints carry metrics (mid-epoch ones, from ``train.checkpoint_every_steps``, do not), so
+"best" is always an end-of-epoch checkpoint, and the latest one is always there to resume from.
 
 A checkpoint that fails to restore (a file missing or truncated, an empty step directory) is
 reported by step and path on stderr, moved aside to ``stage{N}/damaged/<step>-<time>/`` (never
@@ -43,7 +44,7 @@ from orbax.checkpoint import checkpoint_managers as ocp_policies
 
 from pcam_jax import configs
 from pcam_jax.errors import CheckpointError, ConfigMismatchError, StorageError, describe_os_error, environment_cause
-from pcam_jax.training import stages as stages_lib
+from pcam_jax.training import selection, stages as stages_lib
 
 # Fields that may change between a run and its resumption without changing what the
 # checkpoint means: where the data lives, evaluation batching, prefetch depth, how XLA is
@@ -207,8 +208,8 @@ class StageCheckpoints:
         self.best_metric, self.best_mode = best_metric, best_mode
         worst = -math.inf if best_mode == "max" else math.inf
 
-        def metric_of(metrics):  # an undefined metric (NaN, e.g. AUROC of one class) ranks last
-            value = float(metrics[best_metric])
+        def metric_of(metrics):  # an undefined metric (NaN, e.g. AUROC of one class) ranks last,
+            value = float(metrics.get(best_metric, math.nan))   # as one a checkpoint predates
             return worst if math.isnan(value) else value
 
         policy = ocp_policies.AnyPreservationPolicy([
@@ -233,8 +234,14 @@ class StageCheckpoints:
 
     @classmethod
     def from_config(cls, workdir, stage: int, config) -> "StageCheckpoints":
-        return cls(workdir, stage, keep=config.train.keep_checkpoints,
-                   best_metric=config.train.best_metric, best_mode=config.train.best_mode)
+        """Ranked as `selection.criterion` says: ``train.best_metric``, or for a stage without a
+        trained classifier `selection.HELDOUT_PXAP` (none of its checkpoints carries metrics where
+        the run has no held-out masks: its "best" is then its latest)."""
+        if stages_lib.get(stage).best_by_localisation:
+            metric, mode = selection.HELDOUT_PXAP, "max"
+        else:
+            metric, mode = config.train.best_metric, config.train.best_mode
+        return cls(workdir, stage, keep=config.train.keep_checkpoints, best_metric=metric, best_mode=mode)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -357,18 +364,20 @@ def restore_for_eval(workdir, stage: int, which: str | int = "best"
 
     ``variables = {"params", "batch_stats"}`` on the first local device; the config is the
     one stored in the checkpoint (so it rebuilds the right network); ``which`` is "best"
-    (by the run's own ``config.train.best_metric``), "latest" or a step. A checkpoint that
-    fails to restore is moved aside and the next one of that kind used.
+    (by the criterion the run itself ranked with, `selection.recorded`), "latest" or a step. A
+    checkpoint that fails to restore is moved aside and the next one of that kind used.
     """
     checkpoints = StageCheckpoints(workdir, stage, read_only=True)
     try:
         _, latest_meta = checkpoints.first_intact(checkpoints.latest_step, checkpoints.read_meta)
         if latest_meta is not None:
-            train = configs.complete(latest_meta["config"]).train
-            if (train.best_metric, train.best_mode) != (checkpoints.best_metric, checkpoints.best_mode):
+            chosen = selection.recorded(latest_meta)
+            if which == "best" and chosen["metric"] == selection.LATEST:
+                which = "latest"
+            elif (chosen["metric"], chosen["mode"]) != (checkpoints.best_metric, checkpoints.best_mode):
                 checkpoints.close()  # rank "best" by the metric the run itself used
-                checkpoints = StageCheckpoints(workdir, stage, read_only=True, best_metric=train.best_metric,
-                                               best_mode=train.best_mode)
+                checkpoints = StageCheckpoints(workdir, stage, read_only=True, best_metric=chosen["metric"],
+                                               best_mode=chosen["mode"])
         device = jax.local_devices()[0]
         _, variables, meta = intact_variables(checkpoints, which, jax.sharding.SingleDeviceSharding(device))
     finally:

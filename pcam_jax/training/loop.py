@@ -27,7 +27,11 @@ between stages (losses, starting point, frozen parts, the labelled stream) is re
   (`checkpointing.StageCheckpoints.first_intact`);
 - at each epoch end: evaluation on the model-selection split (image-level classification
   metrics; its accuracy is the "validation" confidence source), then a checkpoint ranked by
-  ``train.best_metric``. Mid-epoch checkpoints every ``train.checkpoint_every_steps``.
+  ``train.best_metric``; a stage without a trained classifier (stage 4) is ranked instead by its
+  decoder's PxAP on the held-out lesion masks (``heldout_pxap``, one jitted pass over at most
+  ``train.heldout_selection_images`` images read once), or keeps its latest where the run has none
+  (`pcam_jax.training.selection.criterion`, stored in every checkpoint's meta). Mid-epoch
+  checkpoints every ``train.checkpoint_every_steps``.
 """
 
 from __future__ import annotations
@@ -97,6 +101,12 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
 
         train_step = mesh_lib.jit_train_step(steps.make_train_step(spec, config, model, total_steps), mesh, state)
         eval_step = jax.jit(steps.make_eval_step(model))
+        heldout, heldout_images = (selection.heldout_batches(data, config) if spec.best_by_localisation
+                                   else (None, 0))
+        chosen_by = selection.criterion(spec, config, heldout_images)
+        if spec.best_by_localisation:   # said once: what its "best" checkpoint will mean
+            reporter.message(f"stage {stage}: best checkpoint by {selection.describe(chosen_by)}")
+        decoder_map_step = jax.jit(steps.make_decoder_map_step(model)) if heldout else None
         maps_fn = reporting.jit_summary_maps(model, stage=spec, logit_difference=bool(config.stage2.logit_difference))
         seed = _stage_seed(config, stage)
         depth = int(config.data.prefetch)
@@ -135,8 +145,9 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
             confidence = state_lib.host_confidence(state)
             meta = {"stage": stage, "step": done, "epoch": done // steps_per_epoch, "steps_per_epoch": steps_per_epoch,
                     "total_steps": total_steps, "data_position": done, "labelled_position": done if spec.needs_labelled else 0,
-                    "confidence": confidence, "eval": metrics, "config": config_json}
-            checkpoints.save(state, meta, metrics)
+                    "confidence": confidence, "eval": metrics, "config": config_json, "selection": chosen_by}
+            ranked = None if chosen_by["metric"] == selection.LATEST else metrics   # LATEST: none ranked
+            checkpoints.save(state, meta, ranked)
 
         reporter.start_stage(stage, initial_step=start, total_steps=total_steps)
         for done in range(start + 1, total_steps + 1):
@@ -162,8 +173,12 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
                 # The "validation" confidence source: P = the last model-selection accuracy.
                 state = {**state, "confidence": {**state["confidence"], "val_accuracy": mesh_lib.replicate(
                     np.float32(last_eval["accuracy"]), mesh)}}
-                save(done, last_eval)
                 reporter.log_eval(done, done // steps_per_epoch, last_eval)
+                if heldout:   # what ranks this stage (`Stage.best_by_localisation`)
+                    pxap = selection.heldout_pxap(decoder_map_step, state, heldout, mesh)
+                    last_eval = {**last_eval, selection.HELDOUT_PXAP: pxap}
+                    reporter.log_eval(done, done // steps_per_epoch, {"pxap": pxap}, split=chosen_by["split"])
+                save(done, last_eval)
             elif checkpoint_every > 0 and done % checkpoint_every == 0:
                 check_pending()  # never save a state that has seen a non-finite loss
                 save(done, None)

@@ -10,6 +10,9 @@ loss term in `pcam_jax.training.steps`. The method behind each entry: docs/METHO
     2      (1 - lam) L1 + lam L2                   scratch | stage 1      decoder   no        positive_cam
     3      (1 - lam) L1 + lam L2 + lam' L3         stage 2 (enc + head)   -         yes       decoder, positive_cam
     4      lam' L3 (the few-label segmenter)       scratch                head      yes       decoder
+
+"Best" checkpoint: stages 1-3 by ``train.best_metric`` on model_selection; stage 4 by its decoder's
+PxAP on the held-out lesion masks (`Stage.best_by_localisation`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,11 @@ class Stage:
         Figure-2 map of the registry, each under its own title.
       also_compared: other stages whose config sections must match when resuming (stage 3
         optimises stage 2's loss, so stage 2's settings matter to it; its schedule does not).
+      best_by_localisation: its "best" checkpoint is the one whose decoder map scores the highest
+        PxAP on the run's held-out lesion masks (its latest where the run has none), not the one
+        with the best ``train.best_metric`` on model_selection: a stage whose classification head
+        never trains (stage 4) cannot earn a classification metric
+        (`pcam_jax.training.selection.criterion`).
     """
 
     number: int
@@ -58,6 +66,7 @@ class Stage:
     map_methods: tuple[str, ...] = ("positive_cam",)
     figure_title: str | None = None
     also_compared: tuple[int, ...] = ()
+    best_by_localisation: bool = False
 
     @property
     def name(self) -> str:
@@ -94,7 +103,8 @@ STAGES: dict[int, Stage] = {
     # The fair baseline (Choe et al.): encoder + decoder trained on the labelled few alone, from
     # scratch, with stage 3's lesion loss; never trained by default (`--stages 4`).
     4: Stage(4, losses=("l3",), frozen_parts=("head",), needs_labelled=True,
-             map_methods=(maps.DECODER,), figure_title="few-label segmenter", also_compared=(3,)),
+             map_methods=(maps.DECODER,), figure_title="few-label segmenter", also_compared=(3,),
+             best_by_localisation=True),
 }
 NUMBERS = tuple(STAGES)
 DEFAULT = (1, 2, 3)  # the paper's three stages: what `pcam-jax train` and the demo run

@@ -201,3 +201,16 @@ def make_eval_step(model: PCAMNet) -> Callable[[dict, dict], dict]:
         return {"probs": probs, "logits": logits}
 
     return eval_step
+
+
+def make_decoder_map_step(model: PCAMNet) -> Callable[[dict, dict], jax.Array]:
+    """``decoder_map_step(state, batch) -> (B, S, S)``: the decoder's lesion map in eval mode,
+    post-processed as `pcam-jax evaluate` scores it (`pcam_jax.maps.postprocess`: ReLU, min-max
+    per image, at the image size); what stage 4's checkpoint is chosen on (`selection.heldout_pxap`)."""
+
+    def decoder_map_step(state: dict, batch: dict) -> jax.Array:
+        images = batch["image"]
+        raw = model.apply(_variables(state["params"], state["batch_stats"]), images, method=PCAMNet.segment)
+        return maps.postprocess(raw, images.shape[1], images.shape[2])
+
+    return decoder_map_step
