@@ -234,6 +234,7 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
     ev = evaluators.Evaluation(runs, config, test, held, threshold_split, methods, out_dir, metrics={
         "split": split, "dataset": dataset, "workdir": str(workdir),
         "checkpoint_steps": {f"stage{s}": r.step for s, r in runs.items()},
+        "checkpoint_selection": {f"stage{s}": r.selected_by for s, r in runs.items()},
         "model_selection_thresholds": {f"stage{s}": t for s, t in thresholds.items()}}, progress=sections)
     for evaluator in chosen:  # config.eval.evaluators, in its order (`pcam_jax.evaluation.evaluators`)
         if evaluator.applies(ev) and evaluator.own_progress:  # its own named bars, with ETAs

@@ -10,6 +10,7 @@ The metrics dict `write_report` reads (the same dict `pcam-jax evaluate` writes 
       "figures": {"figure2": "figure2.png", "pr_curves": "pr_curves.png",
                   "confusion_matrix": "confusion_matrix.png"},                    # optional
       "split": "test", "checkpoint_steps": {stage: step}, ...                     # optional, shown
+      "checkpoint_selection": {stage: "auroc (max) on model_selection"},          # optional, shown
     }
 
 Other keys (config, ...) are ignored here. NaN and None print as "n/a".
@@ -216,7 +217,9 @@ def write_report(path, metrics: Mapping[str, Any], notes: str = "",
     if "split" in metrics:
         parts.append(f"Split: `{metrics['split']}`.")
     if metrics.get("checkpoint_steps"):
-        steps = ", ".join(f"{stage} step {step}" for stage, step in metrics["checkpoint_steps"].items())
+        chosen = metrics.get("checkpoint_selection") or {}   # absent from reports made before it existed
+        steps = ", ".join(f"{stage} step {step}" + (f" (chosen by {chosen[stage]})" if chosen.get(stage) else "")
+                          for stage, step in metrics["checkpoint_steps"].items())
         parts.append(f"Checkpoints: {steps}.")
     parts.append("")
 

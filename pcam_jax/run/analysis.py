@@ -78,6 +78,7 @@ class Run:
     stage: int
     step: int
     chunk: int = 16
+    selected_by: str = ""   # what picked this checkpoint, e.g. "auroc (max) on model_selection"
 
     def __post_init__(self):
         self.model = create_model(self.config.model)
@@ -202,7 +203,10 @@ class Run:
 
 def load(workdir, stage: int = 3, which: str | int = "best") -> Run:
     """The trained `stage` of the run in `workdir` (best checkpoint by default), from its checkpoint alone."""
-    from pcam_jax.training import checkpointing
+    from pcam_jax.training import checkpointing, selection
 
     config, variables, meta = checkpointing.restore_for_eval(workdir, stage, which)
-    return Run(config=config, variables=variables, stage=stage, step=int(meta.get("step", -1)))
+    selected_by = (selection.describe(selection.recorded(meta)) if which == "best"
+                   else f"--which {which}")
+    return Run(config=config, variables=variables, stage=stage, step=int(meta.get("step", -1)),
+               selected_by=selected_by)
