@@ -3,10 +3,10 @@
 - `heldout_localisation`: a stage's maps on the ``heldout_labelled`` split (pointing game, PxAP);
 - `selection_shortcuts`: the counterfactual shortcut report (`pcam_jax.evaluation.shortcuts`) on
   *selection limbs*, `SELECTION_OFFSET` past the first limb `pcam-jax evaluate` reports, so a
-  choice made on them is never scored on the limbs that are reported;
-- `segmenter_step`: the few-label segmenter's (stage 4) checkpoint with the best held-out decoder
-  PxAP. Its classification head stays at its random start, so the loop's "best" (by the
-  model-selection AUROC of that head) says nothing about its decoder.
+  choice made on them is never scored on the limbs that are reported.
+
+The few-label segmenter's (stage 4) checkpoint is chosen in the loop itself, by its decoder's
+PxAP on the same held-out masks (`pcam_jax.training.selection`, `Stage.best_by_localisation`).
 
 `experiments/selection_scores.py` prints all of it for a run.
 """
@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import pathlib
 
+from pcam_jax.data import HELDOUT_MASK_SPLIT
+
 SELECTION_OFFSET = 500_000   # selection limbs: first_heldout_index + this (reported ones start at +0)
-HELDOUT_SPLIT = "heldout_labelled"
+HELDOUT_SPLIT = HELDOUT_MASK_SPLIT["synthetic"]   # the study's data are synthetic
 
 
 def _tolerance(config) -> float:
@@ -79,19 +81,3 @@ def stage_scores(workdir, stages, limbs: int = 100) -> dict:
         out[f"stage{s}"] = entry
     return out
 
-
-def segmenter_step(workdir, stage: int = 4, metric: str = "pxap") -> int:
-    """The saved step of ``stage`` whose decoder scores best on the held-out labelled split."""
-    from pcam_jax.run import analysis
-    from pcam_jax.training import checkpointing
-
-    checkpoints = checkpointing.StageCheckpoints(workdir, stage, read_only=True)
-    try:
-        steps = sorted(checkpoints.manager.all_steps())
-    finally:
-        checkpoints.close()
-    if not steps:
-        raise FileNotFoundError(f"no stage {stage} checkpoint under {workdir}: train it first")
-    scores = {step: heldout_localisation({stage: analysis.load(workdir, stage, step)}, {stage: ("decoder",)})
-              [f"stage{stage}/decoder"][metric] for step in steps}
-    return max(steps, key=lambda step: (scores[step], step))   # ties: the later step

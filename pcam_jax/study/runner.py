@@ -199,8 +199,6 @@ def run_config(base, run: StudyRun, data_dir, *, vary_data: bool = True):
         config.data.data_dir = str(pathlib.Path(data_dir).absolute())
         if not stages_lib.get(run.stage).uses("l1"):   # no classifier (stage 4): no counterfactual renders
             config.eval.shortcut_limbs = 0
-            # every epoch's checkpoint kept: `choices.segmenter_step` picks one on held-out localisation
-            config.train.keep_checkpoints = max(int(config.train.keep_checkpoints), int(config.stage4.num_epochs) + 1)
     return config
 
 
@@ -209,7 +207,6 @@ def run_config(base, run: StudyRun, data_dir, *, vary_data: bool = True):
 def train_and_score(run: StudyRun, config, run_dir: pathlib.Path, *, should_stop=None) -> dict:
     """Train the run's stage in ``run_dir`` (resuming), then score it on the test split."""
     from pcam_jax.evaluation.evaluate import evaluate_workdir
-    from pcam_jax.study import choices
     from pcam_jax.training import loop, reporting
 
     reporter = reporting.Reporter(run_dir, tensorboard=False)
@@ -217,10 +214,8 @@ def train_and_score(run: StudyRun, config, run_dir: pathlib.Path, *, should_stop
         loop.train_and_evaluate(config, run_dir, (run.stage,), reporter=reporter, should_stop=should_stop)
     finally:
         reporter.close()
-    # The segmenter's head is random: its checkpoint is chosen by held-out decoder PxAP, not the loop's "best".
-    which = "best" if stages_lib.get(run.stage).uses("l1") else choices.segmenter_step(run_dir, run.stage)
-    return evaluate_workdir(run_dir, stages=(run.stage,), methods={run.stage: SCORED[run.stage]}, verbose=False,
-                            which=which)
+    # "best": the segmenter's (stage 4) is chosen by the loop on held-out decoder PxAP (`Stage.best_by_localisation`)
+    return evaluate_workdir(run_dir, stages=(run.stage,), methods={run.stage: SCORED[run.stage]}, verbose=False)
 
 
 def copy_stage(source_dir: pathlib.Path, run_dir: pathlib.Path, stage: int) -> None:
