@@ -170,15 +170,13 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
                 reporter.log_images(done, images, maps)
             if epoch_end:
                 last_eval = selection.evaluate(eval_step, state, data.eval_batches(), mesh)
+                if heldout:   # what ranks this stage (`Stage.best_by_localisation`), in the same record
+                    last_eval[selection.HELDOUT_PXAP] = selection.heldout_pxap(decoder_map_step, state, heldout, mesh)
                 # The "validation" confidence source: P = the last model-selection accuracy.
                 state = {**state, "confidence": {**state["confidence"], "val_accuracy": mesh_lib.replicate(
                     np.float32(last_eval["accuracy"]), mesh)}}
-                reporter.log_eval(done, done // steps_per_epoch, last_eval)
-                if heldout:   # what ranks this stage (`Stage.best_by_localisation`)
-                    pxap = selection.heldout_pxap(decoder_map_step, state, heldout, mesh)
-                    last_eval = {**last_eval, selection.HELDOUT_PXAP: pxap}
-                    reporter.log_eval(done, done // steps_per_epoch, {"pxap": pxap}, split=chosen_by["split"])
                 save(done, last_eval)
+                reporter.log_eval(done, done // steps_per_epoch, last_eval)
             elif checkpoint_every > 0 and done % checkpoint_every == 0:
                 check_pending()  # never save a state that has seen a non-finite loss
                 save(done, None)

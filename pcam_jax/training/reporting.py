@@ -161,7 +161,7 @@ class Reporter:
                 if math.isfinite(value):
                     self._writer.scalar(f"stage{self._stage}/{split}/{name}", value, step)
             self._writer.flush()
-        summary = ", ".join(f"{k} {_format(metrics[k])}" for k in ("accuracy", "auroc", "cohen_kappa", "pxap") if k in metrics)
+        summary = ", ".join(f"{k} {_format(metrics[k])}" for k in ("accuracy", "auroc", "cohen_kappa", "heldout_pxap") if k in metrics)
         self.message(f"stage {self._stage} epoch {epoch} (step {step}): {split} {summary}")
 
     def log_images(self, step: int, images: np.ndarray, maps: Mapping[str, np.ndarray]) -> None:
