@@ -71,7 +71,8 @@ def heldout_batches(data, config) -> tuple[list[dict] | None, int]:
     ``(None, 0)`` where the run has none (no held-out mask split, or no lesion in it)."""
     batches = data.heldout_mask_batches(int(config.train.heldout_selection_images))
     batches = list(batches) if batches is not None else []
-    images = sum(int(scorable_rows(b).sum()) for b in batches)
+    mine = np.array([sum(int(scorable_rows(b).sum()) for b in batches)], np.int32)   # this process's share
+    images = int(_to_host(mine).sum())   # of every process: all agree on the criterion
     return (batches, images) if images else (None, 0)
 
 
