@@ -474,3 +474,29 @@ def test_wsolevaluation_boxes_equal_opencv():
             proposed = np.array([[y, x, min(y + h, 15), min(x + w, 15)] for x, y, w, h in rects])
             expected[i, j] = bx.box_iou(proposed[:, None], gt[None]).max()
     np.testing.assert_array_equal(loc.best_box_iou(maps, masks, thresholds, convention="wsolevaluation"), expected)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_all_threshold_sweep_proposes_the_boxes_of_labelling_each_threshold(seed, monkeypatch):
+    """`boxes.wsolevaluation_boxes_all_thresholds` (runs of every cut joined in one graph) against
+    `candidate_boxes` on each thresholded map (scipy labelling, one per threshold), box for box:
+    noise, quantised maps (ties, thresholds sharing a cut), a dim map (peak 10 of 255, many
+    thresholds on one cut), smooth upsampled blobs with holes, an all-zero map, non-square."""
+    rng = np.random.default_rng(seed)
+    smooth = np.kron(rng.random((3, 6, 5)), np.ones((6, 6)))
+    smooth = np.stack([np.convolve(row, np.ones(3) / 3, mode="same") for row in smooth.reshape(-1, 30)])
+    maps = np.concatenate([
+        rng.random((2, 36, 30)), np.round(rng.random((2, 36, 30)) * 5) / 5, rng.random((1, 36, 30)) * 0.04,
+        smooth.reshape(3, 36, 30) / smooth.max(), np.zeros((1, 36, 30))])
+    ring = np.zeros((36, 30))
+    ring[5:20, 5:20], ring[9:14, 9:14] = 1.0, 0.2   # a blob with a hole at most cuts
+    maps[-2] = ring
+    thresholds = np.append(np.arange(0, 1, 0.01), 1.0)
+
+    def as_set(plane, boxes):
+        return sorted(map(tuple, np.concatenate([plane, boxes], axis=1).tolist()))
+
+    expected = bx.candidate_boxes(bx.binarise(maps, thresholds, "wsolevaluation"), "wsolevaluation")
+    assert as_set(*bx.wsolevaluation_boxes_all_thresholds(maps, thresholds)) == as_set(*expected)
+    monkeypatch.setattr(bx, "_EVENT_BUDGET", 50)   # one image per graph: the grouping changes nothing
+    assert as_set(*bx.wsolevaluation_boxes_all_thresholds(maps, thresholds)) == as_set(*expected)

@@ -207,17 +207,21 @@ def best_box_iou(maps, masks, thresholds=DEFAULT_THRESHOLDS, *, convention: str 
     gt_valid[gt_image, gt_slot] = True
 
     best = np.zeros((n, thresholds.size))
+
+    def add(plane, proposed):  # best[image, threshold] = max(best, each proposed box's best IoU)
+        if len(proposed):
+            ious = box_iou(proposed[:, None, :], gt_boxes[plane[:, 0]])  # (K, G)
+            box_best = np.where(gt_valid[plane[:, 0]], ious, 0.0).max(axis=1)
+            np.maximum.at(best, (plane[:, 0], plane[:, 1]), box_best)
+
+    if convention == "wsolevaluation":  # every threshold in one sweep (`boxes.wsolevaluation_boxes_all_thresholds`)
+        add(*boxes.wsolevaluation_boxes_all_thresholds(maps, thresholds))
+        return best
     chunk = max(1, _LABEL_CHUNK_VOXELS // max(1, thresholds.size * h * w))
-    for start in range(0, n, chunk):  # chunks of images, bounded memory
+    for start in range(0, n, chunk):  # chunks of images, bounded memory; one labelling per threshold
         stop = min(n, start + chunk)
-        binary = boxes.binarise(maps[start:stop], thresholds, convention)  # (n_chunk, T, H, W)
-        plane, proposed = boxes.candidate_boxes(binary, convention)
-        if not len(proposed):
-            continue
-        image = plane[:, 0] + start
-        ious = box_iou(proposed[:, None, :], gt_boxes[image])  # (K, G)
-        box_best = np.where(gt_valid[image], ious, 0.0).max(axis=1)
-        np.maximum.at(best, (image, plane[:, 1]), box_best)
+        plane, proposed = boxes.candidate_boxes(boxes.binarise(maps[start:stop], thresholds, convention), convention)
+        add(plane + [start, 0], proposed)
     return best
 
 
