@@ -500,3 +500,21 @@ def test_all_threshold_sweep_proposes_the_boxes_of_labelling_each_threshold(seed
     assert as_set(*bx.wsolevaluation_boxes_all_thresholds(maps, thresholds)) == as_set(*expected)
     monkeypatch.setattr(bx, "_EVENT_BUDGET", 50)   # one image per graph: the grouping changes nothing
     assert as_set(*bx.wsolevaluation_boxes_all_thresholds(maps, thresholds)) == as_set(*expected)
+
+
+def test_localisation_metrics_from_precomputed_box_ious_and_curve_are_the_same():
+    """evaluate computes MaxBoxAccV2's box IoUs and the PR curve once per map and hands them to
+    `localisation_metrics` and the per-body-part tables: the numbers must be those computed afresh."""
+    from pcam_jax.evaluation import by_body_part
+
+    maps, masks = _random_maps_and_masks(4, n=8, size=16, blobs=2)
+    fresh = loc.localisation_metrics(maps, masks, tau=0.5, tolerance=2.0)
+    box_ious = loc.best_box_iou(maps, masks)
+    curve = loc.pixel_precision_recall(maps, masks)[:2]
+    assert loc.localisation_metrics(maps, masks, tau=0.5, tolerance=2.0, box_ious=box_ious, pr_curve=curve) == fresh
+    groups = np.array(["hand", "leg"] * 4)
+    per_group = by_body_part.localisation_per_group({"m": maps}, masks, groups, {"m": 0.5}, 2.0)
+    assert by_body_part.localisation_per_group({"m": maps}, masks, groups, {"m": 0.5}, 2.0,
+                                               box_ious={"m": box_ious}) == per_group
+    with pytest.raises(ValueError, match="box_ious has shape"):
+        loc.localisation_metrics(maps, masks, tau=0.5, box_ious=box_ious[:, :3])

@@ -21,15 +21,21 @@ COLUMNS = (("pointing_game", "PG"), ("pxap", "PxAP"))
 
 
 def localisation_per_group(maps: Mapping[str, np.ndarray], masks: np.ndarray, groups: np.ndarray,
-                           taus: Mapping[str, float], tolerance: float) -> dict[str, dict[str, dict]]:
-    """{method: {group: localisation_metrics}} for maps (N, H, W), masks (N, H, W), groups (N,)."""
+                           taus: Mapping[str, float], tolerance: float,
+                           box_ious: Mapping[str, np.ndarray] | None = None) -> dict[str, dict[str, dict]]:
+    """{method: {group: localisation_metrics}} for maps (N, H, W), masks (N, H, W), groups (N,).
+
+    ``box_ious``: {method: `localisation.best_box_iou` of its maps (N, T)} where already computed
+    (MaxBoxAccV2's boxes are most of the cost; a group's are its rows)."""
     groups = np.asarray(groups).astype(str)
     if len(groups) != len(masks):
         raise ValueError(f"{len(groups)} body parts for {len(masks)} masks")
     out = {}
     for name, method_maps in maps.items():
+        ious = (box_ious or {}).get(name)
         out[name] = {str(g): localisation.localisation_metrics(
-            method_maps[groups == g], masks[groups == g], tau=float(taus[name]), tolerance=tolerance)
+            method_maps[groups == g], masks[groups == g], tau=float(taus[name]), tolerance=tolerance,
+            box_ious=None if ious is None else ious[groups == g])
             for g in np.unique(groups)}  # a handful of body parts
     return out
 

@@ -146,6 +146,20 @@ def _labelled_splits(runs, config, split: str, data_dir, figure_rows: int, metho
     return test, held, threshold_split
 
 
+def _operating_thresholds(runs, config, data_dir, sections, model_selection: dict | None = None) -> dict:
+    """{stage: Youden threshold on model_selection} (`real_data.operating_thresholds`), from
+    ``model_selection`` (that split as `_collect` gathered it to choose the map thresholds: the
+    same probabilities) where given, rather than a second pass over the split."""
+    with sections.section("model_selection operating point", total=1, unit="split") as bar:
+        if model_selection is not None:
+            thresholds = {s: real_data.youden_threshold(p, model_selection["labels"])
+                          for s, p in model_selection["probs"].items()}
+        else:
+            thresholds = real_data.operating_thresholds(runs, config, data_dir)
+        bar.update()
+    return thresholds
+
+
 def _save_maps(path: pathlib.Path, test: dict, held: dict | None) -> None:
     """``test/<stage>/<method>`` and ``held/...`` maps (post-processed, images with a lesion),
     ``test_masks``, ``held_masks``, ``probs/<stage>`` and ``labels`` (every test image)."""
@@ -208,9 +222,9 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
         with config.unlocked():
             config.eval.lesion_labels = lesion_labels
     data_dir = resolve_data_dir(config, data_dir)
-    with sections.section("model_selection operating point", total=1, unit="split") as bar:
-        thresholds = real_data.operating_thresholds(runs, config, data_dir) if config.data.dataset != "synthetic" else {}
-        bar.update()
+    thresholds = {}
+    if config.data.dataset != "synthetic" and external:  # from the run's own split, before the folder replaces it
+        thresholds = _operating_thresholds(runs, config, data_dir, sections)
     if external:
         config, data_dir, split = real_data.external_setup(config, external, out_dir / "data", lesion_labels)
     dataset = config.data.dataset
@@ -231,6 +245,9 @@ def evaluate_workdir(workdir, *, split: str | None = None, data_dir: str | None 
     chosen = evaluators.chosen(config)
     test, held, threshold_split = _labelled_splits(runs, config, split, data_dir, max(n_figure, n_trust), methods,
                                                    sections)
+    if config.data.dataset != "synthetic" and not external:
+        thresholds = _operating_thresholds(runs, config, data_dir, sections,
+                                           held if threshold_split == "model_selection" else None)
     ev = evaluators.Evaluation(runs, config, test, held, threshold_split, methods, out_dir, metrics={
         "split": split, "dataset": dataset, "workdir": str(workdir),
         "checkpoint_steps": {f"stage{s}": r.step for s, r in runs.items()},

@@ -118,14 +118,14 @@ def confusion_matrix(ev: Evaluation) -> None:
 
 def localisation(ev: Evaluation) -> None:
     with ev.progress.section("localisation metrics", total=len(ev.test["maps"]), unit="map") as bar:
-        loc, curves = _localisation_metrics(ev, bar)
+        loc, curves, box_ious = _localisation_metrics(ev, bar)
     test = ev.test
     ev.metrics["localisation"] = loc
     with ev.progress.section("localisation figures", total=1, unit="section") as bar:
         if len(np.unique(test["mask_body_part"])) > 1:  # MURA, folders: localisation per body part
             ev.metrics["localisation_per_group"] = by_body_part.localisation_per_group(
                 test["maps"], test["masks"], test["mask_body_part"], {n: loc[n]["tau"] for n in loc},
-                float(ev.config.eval.pointing_tolerance))
+                float(ev.config.eval.pointing_tolerance), box_ious=box_ious)
         ev.save_figure("pr_curves", figures.pr_curves(curves))
         rows = np.arange(min(len(test["images"]), int(ev.config.eval.num_figure_images)))
         if len(rows):
@@ -135,8 +135,10 @@ def localisation(ev: Evaluation) -> None:
         bar.update()
 
 
-def _localisation_metrics(ev: Evaluation, bar) -> tuple[dict, dict]:
-    """({map: localisation metrics}, {map: (precision, recall)}); thresholds chosen on ``ev.held``.
+def _localisation_metrics(ev: Evaluation, bar) -> tuple[dict, dict, dict]:
+    """({map: localisation metrics}, {map: (precision, recall)}, {map: MaxBoxAccV2's best box IoU
+    per image and threshold (N, T)}); thresholds chosen on ``ev.held``. The PR curve and the box
+    IoUs are computed once, for the metrics, the PR figure and the per-body-part tables.
 
     One map method per thread: the metrics are numpy and scipy.ndimage work on one core each
     (MaxBoxAccV2 labels the components of 100 thresholded maps per image), and the methods are
@@ -153,18 +155,20 @@ def _localisation_metrics(ev: Evaluation, bar) -> tuple[dict, dict]:
             tau_source = ev.threshold_source
         else:
             tau, tau_source = 0.5, "default (no held-out labelled split)"
-        entry = localisation_metrics.localisation_metrics(maps, test["masks"], tau=tau, tolerance=ev.tolerance)
+        precision, recall, _ = localisation_metrics.pixel_precision_recall(maps, test["masks"])
+        box_ious = localisation_metrics.best_box_iou(maps, test["masks"])
+        entry = localisation_metrics.localisation_metrics(maps, test["masks"], tau=tau, tolerance=ev.tolerance,
+                                                          box_ious=box_ious, pr_curve=(precision, recall))
         entry["n_excluded"] += test["n_empty_masks"]
         entry["tau_chosen_on"] = tau_source
-        precision, recall, _ = localisation_metrics.pixel_precision_recall(maps, test["masks"])
-        return entry, (precision, recall)
+        return entry, (precision, recall), box_ious
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         futures = {name: pool.submit(one, name) for name in test["maps"]}
         for _ in concurrent.futures.as_completed(futures.values()):
             bar.update()
     results = {name: future.result() for name, future in futures.items()}  # in the maps' order
-    return {n: r[0] for n, r in results.items()}, {n: r[1] for n, r in results.items()}
+    return tuple({n: r[i] for n, r in results.items()} for i in range(3))
 
 
 def trust_section(ev: Evaluation) -> None:

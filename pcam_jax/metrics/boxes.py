@@ -24,6 +24,11 @@ convention="wsolevaluation" reproduces wsolevaluation's `compute_bboxes_from_sco
 - a threshold with no foreground gives the box (0, 0, 0, 0), one pixel, not no box.
 Checked equal to OpenCV 5.0 (findContours + boundingRect) on 16,000 random, quantised and
 smooth map/threshold pairs; tests/test_localisation.py repeats that check where cv2 is installed.
+
+Two ways to the same wsolevaluation boxes: `candidate_boxes` of `binarise`'s stack (one
+labelling per threshold: H x W work per threshold) and `wsolevaluation_boxes_all_thresholds`
+(every threshold of a map in one sweep over its row runs; what MaxBoxAccV2 uses, ~7x less
+CPU on 256 px maps; docs/PERFORMANCE.md). tests/test_localisation.py checks them box for box.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ Metrics, each a share in [0, 1] (wsolevaluation reports percentages; we do not):
   sum_i precision_i * (recall_i - recall_{i-1}) over thresholds in decreasing order, from
   recall 0.
 - MaxBoxAccV2 (wsolevaluation `BoxEvaluator` with multi_contour_eval): for each threshold t,
-  the boxes a thresholded map proposes (`boxes.candidate_boxes`); an image is correct at
+  the boxes a thresholded map proposes (`boxes.candidate_boxes`, every threshold at once by
+  `boxes.wsolevaluation_boxes_all_thresholds`); an image is correct at
   (t, delta) when its best box (highest IoU with any ground-truth box) has IoU >= delta;
   ground-truth boxes are the inclusive boxes of the mask's 8-connected components.
   MaxBoxAcc(delta) is the max over t of the share of correct images; V2 is its mean over
@@ -52,7 +53,7 @@ DEFAULT_THRESHOLDS = np.arange(0.0, 1.0, 0.01)
 DEFAULT_CONVENTION = "wsolevaluation"
 DEFAULT_TAUS = np.round(np.arange(0.05, 1.0, 0.05), 6)
 IOU_THRESHOLDS = (0.3, 0.5, 0.7)
-# Voxels labelled in one scipy call by `max_box_accuracy` (images x thresholds x H x W).
+# Voxels labelled in one scipy call by `max_box_accuracy`, convention "clean" (images x thresholds x H x W).
 _LABEL_CHUNK_VOXELS = 1 << 24
 
 
@@ -111,7 +112,11 @@ def energy_pointing_game(maps, masks) -> np.ndarray:
 
 def iou_and_dice(maps, masks, tau: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-image IoU and Dice (N,), (N,) of `map >= tau` against the mask; NaN when both are empty."""
-    maps, masks = check_maps_and_masks(maps, masks)
+    return _iou_and_dice(*check_maps_and_masks(maps, masks), tau)
+
+
+def _iou_and_dice(maps: np.ndarray, masks: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
+    """`iou_and_dice` of maps and masks already checked (`check_maps_and_masks`)."""
     predicted = maps >= tau
     intersection = (predicted & masks).sum(axis=(1, 2)).astype(np.float64)
     union = (predicted | masks).sum(axis=(1, 2))
@@ -135,7 +140,8 @@ def choose_threshold(maps, masks, metric: str = "iou", taus=DEFAULT_TAUS) -> flo
     if taus.size == 0:
         raise ValueError("taus is empty.")
     column = 0 if metric == "iou" else 1
-    scores = np.array([iou_and_dice(maps[keep], masks[keep], tau)[column].mean() for tau in taus])
+    maps, masks = maps[keep], masks[keep]
+    scores = np.array([_iou_and_dice(maps, masks, tau)[column].mean() for tau in taus])  # checked once
     return float(taus[int(np.argmax(scores))])
 
 
@@ -228,7 +234,11 @@ def best_box_iou(maps, masks, thresholds=DEFAULT_THRESHOLDS, *, convention: str 
 def max_box_accuracy(maps, masks, thresholds=DEFAULT_THRESHOLDS, iou_thresholds=IOU_THRESHOLDS, *,
                      convention: str = DEFAULT_CONVENTION) -> np.ndarray:
     """MaxBoxAcc per IoU threshold (len(iou_thresholds),): max over t of the share of correct images."""
-    best = best_box_iou(maps, masks, thresholds, convention=convention)  # (N, T)
+    return max_box_accuracy_from_ious(best_box_iou(maps, masks, thresholds, convention=convention), iou_thresholds)
+
+
+def max_box_accuracy_from_ious(best: np.ndarray, iou_thresholds=IOU_THRESHOLDS) -> np.ndarray:
+    """`max_box_accuracy` from `best_box_iou`'s (N, T) array."""
     if best.shape[0] == 0:
         return np.full(len(iou_thresholds), np.nan)
     correct = best[None, :, :] >= np.asarray(iou_thresholds)[:, None, None]  # (D, N, T)
@@ -236,7 +246,8 @@ def max_box_accuracy(maps, masks, thresholds=DEFAULT_THRESHOLDS, iou_thresholds=
 
 
 def localisation_metrics(maps, masks, *, tau: float, tolerance: float = 15,
-                         thresholds=DEFAULT_THRESHOLDS, convention: str = DEFAULT_CONVENTION) -> dict:
+                         thresholds=DEFAULT_THRESHOLDS, convention: str = DEFAULT_CONVENTION,
+                         box_ious: np.ndarray | None = None, pr_curve: tuple | None = None) -> dict:
     """All localisation metrics of one map method on images with non-empty masks.
 
     Args:
@@ -246,6 +257,10 @@ def localisation_metrics(maps, masks, *, tau: float, tolerance: float = 15,
       thresholds: grid for PxAP and MaxBoxAccV2.
       convention: "wsolevaluation" (comparable with published tables) or "clean", for
         MaxBoxAccV2 and PxAP (module docstring).
+      box_ious, pr_curve: what this function would compute, computed once by the caller for
+        other uses (evaluate's PR curves and per-body-part tables): ``best_box_iou(maps, masks,
+        thresholds, convention=convention)`` (N, T), and ``pixel_precision_recall(maps, masks,
+        thresholds, convention=convention)[:2]`` (only where every mask has a lesion).
 
     Returns:
       {"pointing_game", "energy_pointing_game", "iou", "dice", "pxap", "maxboxacc_v2",
@@ -256,6 +271,11 @@ def localisation_metrics(maps, masks, *, tau: float, tolerance: float = 15,
     check_convention(convention)
     maps, masks = check_maps_and_masks(maps, masks)
     keep = masks.any(axis=(1, 2))
+    if box_ious is not None and np.shape(box_ious) != (len(maps), np.size(thresholds)):
+        raise ValueError(f"box_ious has shape {np.shape(box_ious)}, not (images, thresholds) "
+                         f"{(len(maps), np.size(thresholds))}: pass best_box_iou of these maps")
+    if pr_curve is not None and not keep.all():
+        raise ValueError("pr_curve is accepted only when every mask has a lesion (it would pool the empty ones)")
     maps, masks = maps[keep], masks[keep]
     result = {"tau": float(tau), "tolerance": float(tolerance), "n_images": int(keep.sum()),
               "n_excluded": int((~keep).sum()), "box_convention": convention}
@@ -263,9 +283,14 @@ def localisation_metrics(maps, masks, *, tau: float, tolerance: float = 15,
              "maxboxacc_iou30", "maxboxacc_iou50", "maxboxacc_iou70")
     if not keep.any():
         return {**{name: float("nan") for name in names}, **result}
-    iou, dice = iou_and_dice(maps, masks, tau)
-    box_accuracy = max_box_accuracy(maps, masks, thresholds, IOU_THRESHOLDS, convention=convention)
+    iou, dice = _iou_and_dice(maps, masks, tau)
+    if box_ious is None:
+        box_ious = best_box_iou(maps, masks, thresholds, convention=convention)
+    else:
+        box_ious = np.asarray(box_ious)[keep]
+    box_accuracy = max_box_accuracy_from_ious(box_ious, IOU_THRESHOLDS)
+    precision, recall = pr_curve or pixel_precision_recall(maps, masks, thresholds, convention=convention)[:2]
     values = (pointing_game(maps, masks, tolerance).mean(), energy_pointing_game(maps, masks).mean(),
-              iou.mean(), dice.mean(), pxap(maps, masks, thresholds, convention=convention),
+              iou.mean(), dice.mean(), average_precision(precision, recall),
               box_accuracy.mean(), *box_accuracy)
     return {**{name: float(value) for name, value in zip(names, values)}, **result}
