@@ -197,17 +197,19 @@ def wsolevaluation_cuts(maps: np.ndarray, thresholds: np.ndarray) -> tuple[np.nd
     return scoremap_u8, cut.astype(np.int64)
 
 
-def _levels_between(low: np.ndarray, high: np.ndarray, first_level: np.ndarray, image: np.ndarray):
-    """(level index, position) of every level l of the pixel's image with low <= l < high.
+def _levels_between(low: np.ndarray, high: np.ndarray, first_level: np.ndarray, pixels_per_image: int):
+    """(level index, position) of every level l of the pixel's image with low <= l < high, for
+    ``low``, ``high`` flat over images (position: index into them).
 
     ``first_level[i, v + 1]``: index of image i's first level >= v (v from -1 to 256), a lookup
     in place of a binary search per pixel."""
-    position = np.flatnonzero(high > low)
-    row = image[position] * first_level.shape[1] + 1
+    position = np.flatnonzero(high > low).astype(np.int32)
+    row = (position // pixels_per_image) * first_level.shape[1] + 1
     lo = first_level.ravel()[row + low[position]]
     count = first_level.ravel()[row + high[position]] - lo
-    which = np.repeat(np.arange(len(count)), count)
-    return lo[which] + (np.arange(len(which)) - np.repeat(np.cumsum(count) - count, count)), position[which]
+    offset = np.cumsum(count) - count
+    return np.repeat(lo - offset, count) + np.arange(offset[-1] + count[-1] if len(count) else 0, dtype=np.int32), \
+        np.repeat(position, count)
 
 
 def _run_components(u: np.ndarray, first_level: np.ndarray, foreground: bool):
@@ -220,13 +222,12 @@ def _run_components(u: np.ndarray, first_level: np.ndarray, foreground: bool):
     outside = -1 if foreground else 256
     padded = np.pad(u, [(0, 0), (0, 0), (1, 1)], constant_values=outside)
     here, left, right = padded[..., 1:-1].ravel(), padded[..., :-2].ravel(), padded[..., 2:].ravel()
-    image = np.repeat(np.arange(n), h * w)
     if foreground:   # runs start where left <= l < here, end where right <= l < here
-        start_level, start_pos = _levels_between(left, here, first_level, image)
-        end_level, end_pos = _levels_between(right, here, first_level, image)
+        start_level, start_pos = _levels_between(left, here, first_level, h * w)
+        end_level, end_pos = _levels_between(right, here, first_level, h * w)
     else:            # background runs start where here <= l < left, end where here <= l < right
-        start_level, start_pos = _levels_between(here, left, first_level, image)
-        end_level, end_pos = _levels_between(here, right, first_level, image)
+        start_level, start_pos = _levels_between(here, left, first_level, h * w)
+        end_level, end_pos = _levels_between(here, right, first_level, h * w)
     if not len(start_level):
         return np.zeros(0, np.int64), np.zeros((0, 4), np.int64)
     # Events come in pixel order; a stable sort by level makes it (level, row, x), where the k-th
@@ -235,29 +236,34 @@ def _run_components(u: np.ndarray, first_level: np.ndarray, foreground: bool):
     start = np.argsort(start_level.astype(key_type), kind="stable")
     end = np.argsort(end_level.astype(key_type), kind="stable")
     level = start_level[start]
-    y, x0 = np.divmod(start_pos[start] % (h * w), w)
+    y, x0 = np.divmod(start_pos[start] % (h * w), w)   # int32 from here on
     x1 = end_pos[end] % w
-    # Runs of the next row of the same level that touch run r: a contiguous range of runs.
-    stride = w + 4
-    group = level * h + y
-    key0, key1 = group * stride + x0 + 1, group * stride + x1 + 1
+    # Edges: each run against every run of the next row at its level (a block of the sorted
+    # runs, a few long), kept where they touch. Linear passes, no search.
+    group = level * h + y                                  # non-decreasing
+    first = np.flatnonzero(np.diff(group, prepend=-1))     # each (level, row) block's first run
+    block = np.cumsum(np.diff(group, prepend=-1) != 0) - 1
+    bounds = np.append(first, len(group))
+    following = np.minimum(block + 1, len(first) - 1)      # the block after the run's own
+    next_row = (block + 1 < len(first)) & (group[first[following]] == group + 1) & (y < h - 1)
+    count = np.where(next_row, bounds[following + 1] - bounds[following], 0)
+    offset = np.cumsum(count) - count
+    a = np.repeat(np.arange(len(count), dtype=np.int32), count)
+    b = np.repeat(first[following] - offset, count) + np.arange(len(a), dtype=np.int32)
     reach = 1 if foreground else 0      # 8-connected: diagonal neighbours touch
-    lo = np.searchsorted(key1, (group + 1) * stride + x0 - reach + 1, side="left")
-    hi = np.searchsorted(key0, (group + 1) * stride + x1 + reach + 1, side="right")
-    count = np.where(y < h - 1, np.maximum(hi - lo, 0), 0)
-    a = np.repeat(np.arange(len(count)), count)
-    b = lo[a] + (np.arange(len(a)) - np.repeat(np.cumsum(count) - count, count))
-    graph = scipy.sparse.coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(len(y), len(y))).tocsr()
+    touch = (x0[b] <= x1[a] + reach) & (x0[a] <= x1[b] + reach)
+    a, b = a[touch], b[touch]
+    graph = scipy.sparse.csr_matrix((np.ones(len(a), np.int8), b, np.searchsorted(a, np.arange(len(y) + 1))),
+                                    shape=(len(y), len(y)))
     n_components, label = scipy.sparse.csgraph.connected_components(graph, directed=False)
-    extents = np.empty((n_components, 4), np.int64)
-    extents[:, :2], extents[:, 2:] = np.iinfo(np.int64).max, -1
-    np.minimum.at(extents[:, 0], label, y)
-    np.minimum.at(extents[:, 1], label, x0)
-    np.maximum.at(extents[:, 2], label, y)
-    np.maximum.at(extents[:, 3], label, x1)
+    extents = np.empty((4, n_components), np.int32)   # rows contiguous, dtypes equal: ufunc.at's fast path
+    extents[:2], extents[2:] = np.iinfo(np.int32).max, -1
+    label = label.astype(np.int32)
+    for row, values, reduce in ((0, y, np.minimum), (1, x0, np.minimum), (2, y, np.maximum), (3, x1, np.maximum)):
+        reduce.at(extents[row], label, values.astype(np.int32))
     component_level = np.empty(n_components, np.int64)
     component_level[label] = level
-    return component_level, extents
+    return component_level, extents.T.astype(np.int64)
 
 
 def wsolevaluation_boxes_all_thresholds(maps: np.ndarray, thresholds) -> tuple[np.ndarray, np.ndarray]:
