@@ -11,6 +11,10 @@
         --config.data.data_dir=/tmp/eval256/data
     python experiments/benchmarks/evaluate_sections.py /tmp/eval256 --out /tmp/eval256/eval-bench
 
+    # the FracAtlas run itself (docs/PERFORMANCE.md), its maps kept for localisation_metrics.py
+    python experiments/benchmarks/evaluate_sections.py /work/fa/runs/s0 --data_dir /work/fa/data \
+        --out /tmp/fa-eval --save_maps
+
 The sections are those `pcam_jax.evaluation.progress` shows as progress bars while
 `pcam-jax evaluate` runs (their seconds are also in metrics.json). CPU seconds are the
 process's, all threads: on a machine shared with other jobs they stretch less than wall
@@ -34,12 +38,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workdir")
     parser.add_argument("--out", default=None, help="output directory (default: WORKDIR/eval)")
+    parser.add_argument("--data_dir", default=None, help="prepared data (default: the run's config)")
+    parser.add_argument("--save_maps", action="store_true", help="also write OUT/maps.npz")
     args = parser.parse_args()
     common.apply_project_xla_flags()
     print(common.environment_header())
     from pcam_jax.evaluation import evaluate
 
-    metrics = evaluate.evaluate_workdir(args.workdir, out_dir=args.out, verbose=True)
+    metrics = evaluate.evaluate_workdir(args.workdir, out_dir=args.out, data_dir=args.data_dir, verbose=True,
+                                        save_maps=args.save_maps)
     wall, cpu = metrics["section_seconds"], metrics["section_cpu_seconds"]
     for name in wall:
         print(common.json_line({"bench": "evaluate_section", "section": name, "wall_s": wall[name],
