@@ -27,7 +27,7 @@ smooth map/threshold pairs; tests/test_localisation.py repeats that check where 
 
 Two ways to the same wsolevaluation boxes: `candidate_boxes` of `binarise`'s stack (one
 labelling per threshold: H x W work per threshold) and `wsolevaluation_boxes_all_thresholds`
-(every threshold of a map in one sweep over its row runs; what MaxBoxAccV2 uses, ~7x less
+(every threshold of a map in one sweep over its row runs; what MaxBoxAccV2 uses, ~5x less
 CPU on 256 px maps; docs/PERFORMANCE.md). tests/test_localisation.py checks them box for box.
 """
 
