@@ -140,9 +140,9 @@ def _localisation_metrics(ev: Evaluation, bar) -> tuple[dict, dict, dict]:
     per image and threshold (N, T)}); thresholds chosen on ``ev.held``. The PR curve and the box
     IoUs are computed once, for the metrics, the PR figure and the per-body-part tables.
 
-    One map method per thread: the metrics are numpy and scipy.ndimage work on one core each
-    (MaxBoxAccV2 labels the components of 100 thresholded maps per image), and the methods are
-    independent, so the results are those of the loop in any order."""
+    One map method per thread: the metrics are numpy and scipy work on one core each (MaxBoxAccV2's
+    boxes of 100 thresholds per image, `boxes.wsolevaluation_boxes_all_thresholds`), and the
+    methods are independent, so the results are those of the loop in any order."""
     import concurrent.futures
     import os
 

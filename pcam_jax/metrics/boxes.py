@@ -208,8 +208,8 @@ def _levels_between(low: np.ndarray, high: np.ndarray, first_level: np.ndarray, 
     lo = first_level.ravel()[row + low[position]]
     count = first_level.ravel()[row + high[position]] - lo
     offset = np.cumsum(count) - count
-    return np.repeat(lo - offset, count) + np.arange(offset[-1] + count[-1] if len(count) else 0, dtype=np.int32), \
-        np.repeat(position, count)
+    total = int(count.sum())
+    return np.repeat(lo - offset, count) + np.arange(total, dtype=np.int32), np.repeat(position, count)
 
 
 def _run_components(u: np.ndarray, first_level: np.ndarray, foreground: bool):
