@@ -321,6 +321,10 @@ def test_pointing_tolerance_scales_with_the_image_unless_set():
     assert loc.pointing_tolerance(128, -1) == 6.0       # the config default (-1) means "scale"
     assert loc.pointing_tolerance(128, 15) == 15.0      # set: taken as given
     assert loc.pointing_tolerance(32, 0) == 0.0
+    maps, masks = np.zeros((1, 8, 8)), np.zeros((1, 8, 8), bool)
+    masks[0, 4, 4] = True
+    with pytest.raises(ValueError, match="pointing_tolerance"):   # the unresolved config value
+        loc.pointing_game(maps, masks, -1.0)
 
 
 # ----------------------------------------------------------------------------- the two conventions

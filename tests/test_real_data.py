@@ -95,6 +95,8 @@ def test_stage3_and_evaluation_run_on_the_labels(trained):
     per_group = metrics["localisation_per_group"]["stage3/decoder"]
     assert len(per_group) >= 2 and all(g.startswith("XR_") for g in per_group)
     assert sum(m["n_images"] for m in per_group.values()) == decoder["n_images"]
+    # the body parts' pointing game at the overall table's tolerance (a raw -1 once meant 1 px there)
+    assert all(m["tolerance"] == decoder["tolerance"] > 1 for m in per_group.values())
     study_groups = metrics["classification"]["stage3"]["per_group"]
     assert len(study_groups) == 7 and all("n_studies" in m for m in study_groups.values())
     report = (run / "eval" / "report.md").read_text()

@@ -125,7 +125,7 @@ def localisation(ev: Evaluation) -> None:
         if len(np.unique(test["mask_body_part"])) > 1:  # MURA, folders: localisation per body part
             ev.metrics["localisation_per_group"] = by_body_part.localisation_per_group(
                 test["maps"], test["masks"], test["mask_body_part"], {n: loc[n]["tau"] for n in loc},
-                float(ev.config.eval.pointing_tolerance), box_ious=box_ious)
+                ev.tolerance, box_ious=box_ious)
         ev.save_figure("pr_curves", figures.pr_curves(curves))
         rows = np.arange(min(len(test["images"]), int(ev.config.eval.num_figure_images)))
         if len(rows):

@@ -91,6 +91,9 @@ def pointing_tolerance(image_size: int, tolerance: float | None = None) -> float
 
 def pointing_game(maps, masks, tolerance: float = 15) -> np.ndarray:
     """Per-image hit (N,) bool: the arg-max pixel lies in the mask dilated by a disk of radius `tolerance`."""
+    if not float(tolerance) >= 0:  # a config's -1 ("scaled to the image") would silently mean 1 px here
+        raise ValueError(f"pointing_game: tolerance is a distance in pixels >= 0, got {tolerance!r}; resolve "
+                         "config.eval.pointing_tolerance with pointing_tolerance(image_size, tolerance) first")
     maps, masks = check_maps_and_masks(maps, masks)
     n, h, w = maps.shape
     peak = np.argmax(maps.reshape(n, -1), axis=1)
