@@ -61,6 +61,19 @@ class DivergenceError(TrainingStoppedError):
             "(config.train.divergence_loss_factor / divergence_norm_growth; 0 turns a check off).")
 
 
+class DeadTrainingError(TrainingStoppedError):
+    """Every gradient was exactly 0 for a run of steps: a saturated output the loss cannot leave
+    (`pcam_jax.training.guards.DeadGradientGuard`); training on would only waste the stage."""
+
+    def __init__(self, stage: int, step: int, last_good_step: int | None, directory, reason: str):
+        self.reason = reason
+        super().__init__(
+            stage, step, last_good_step, directory, f"training stopped learning ({reason})",
+            "Start the stage again in a new --workdir with a lower config.optimizer.learning_rate, "
+            "config.optimizer.warmup_steps, or another config.seed; config.train.dead_gradient_steps=0 "
+            "turns the check off.")
+
+
 class Interrupted(Exception):
     """SIGTERM/SIGINT stopped training after a step; a checkpoint of that step was written."""
 

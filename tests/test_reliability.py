@@ -308,6 +308,35 @@ def test_a_run_that_diverges_without_a_nan_stops_naming_the_step(reference, tmp_
     assert max(losses) < 3 * losses[0]
 
 
+def test_dead_gradient_guard_against_hand_computed_cases():
+    guard = guards.DeadGradientGuard(steps=3)
+    assert [guard.update(i, g) for i, g in enumerate([0.0, 0.0, 0.5, 0.0, 0.0], 1)] == [None] * 5  # run broken at 3
+    assert "exactly 0 for the 3 steps to step 6" in guard.update(6, 0.0)
+    assert guards.DeadGradientGuard(steps=0).update(1, 0.0) is None   # off
+
+
+def test_a_stage_whose_gradients_vanish_stops_naming_the_step(tmp_path, monkeypatch):
+    # The step is the real one; only its reported gradient norm is 0, as a saturated decoder's is.
+    from pcam_jax.training import steps as steps_lib
+
+    real = steps_lib.make_train_step
+
+    def vanishing(*args, **kwargs):
+        step = real(*args, **kwargs)
+        return lambda state, *batches: (lambda out: (out[0], {**out[1], "grad_norm": out[1]["grad_norm"] * 0}))(
+            step(state, *batches))
+
+    monkeypatch.setattr(steps_lib, "make_train_step", vanishing)
+    config = run_config(**{"train.checkpoint_every_steps": 1, "train.log_every_steps": 1,
+                           "train.dead_gradient_steps": 3})
+    with pytest.raises(errors.DeadTrainingError) as error:
+        train(config, tmp_path)
+    stopped = error.value
+    assert stopped.step == 3 and errors.exit_status(stopped) == errors.EXIT_TRAINING_STOPPED
+    assert "stopped learning" in str(stopped) and "dead_gradient_steps=0" in str(stopped)
+    assert max(checkpointing.StageCheckpoints(tmp_path, 1, read_only=True).manager.all_steps()) == 2
+
+
 # -- one-line errors ------------------------------------------------------------------------------
 
 def test_environment_errors_have_their_own_status_and_one_line():

@@ -16,6 +16,11 @@ never exceeded 1.02x its reference and the final parameter norm was 1.01-1.03x t
 one. A runaway learning rate passes both within a few steps (lr 1e3: losses of 1e5, weights
 of 1e17, all finite).
 
+`DeadGradientGuard` watches the gradient norm at the same points: a stage whose every gradient
+is exactly 0 for ``steps`` consecutive steps has stopped learning for good (measured: a FracAtlas
+segmenter, stage 4 from scratch, whose sigmoid saturated at 0 in its first 40 steps and whose
+balanced-MSE loss then sat at 0.5 with a zero gradient to the end; docs/RESULTS.md section 6).
+
 `StopOnSignals` turns the first SIGTERM/SIGINT into a request the loop reads between steps
 (`stop_requested`): it finishes the step in flight, saves a checkpoint and raises
 `pcam_jax.errors.Interrupted`. A second signal ends the process at once with the signal's
@@ -74,6 +79,20 @@ class DivergenceGuard:
             return None
         if self.norm_growth > 0 and self._start_norm > 0 and not norm <= self.norm_growth * self._start_norm:
             return (f"parameter norm {norm:.4g} is over {self.norm_growth:g}x its start {self._start_norm:.4g}")
+        return None
+
+
+class DeadGradientGuard:
+    """``update(step, grad_norm) -> reason | None``: a reason once ``steps`` consecutive steps had a
+    gradient norm of exactly 0 (off at ``steps`` = 0)."""
+
+    def __init__(self, steps: int = 20):
+        self.steps, self._zero_run = max(int(steps), 0), 0
+
+    def update(self, step: int, grad_norm: float) -> str | None:
+        self._zero_run = self._zero_run + 1 if grad_norm == 0.0 else 0
+        if self.steps and self._zero_run >= self.steps:
+            return f"the gradient norm was exactly 0 for the {self._zero_run} steps to step {step}"
         return None
 
 
