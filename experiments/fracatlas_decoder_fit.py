@@ -11,6 +11,7 @@ import argparse
 
 import numpy as np
 
+from pcam_jax import maps as maps_lib
 from pcam_jax.data import fracatlas, pipeline
 from pcam_jax.metrics import localisation
 from pcam_jax.run import analysis
@@ -53,8 +54,7 @@ def main():
                   else {"model_selection": np.ones(len(images), bool)})
         for name, rows in groups.items():
             r, m = raw[rows], masks[rows]
-            lo, hi = r.min(axis=(1, 2), keepdims=True), r.max(axis=(1, 2), keepdims=True)
-            normalised = (r - lo) / np.maximum(hi - lo, 1e-7)
+            normalised = np.asarray(maps_lib.postprocess(r, *m.shape[1:]))   # the map evaluate scores
             pg = localisation.pointing_game(normalised, m, tolerance).mean()
             pxap = localisation.pxap(normalised, m)
             fracture_max = np.array([x[k].max() for x, k in zip(r, m)])

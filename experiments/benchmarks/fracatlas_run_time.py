@@ -12,22 +12,15 @@ Trains each of stages 1-4 for one epoch in a scratch work directory (the preset'
 import argparse
 import os
 import pathlib
-import platform
 import shutil
+import sys
 import time
 
-from pcam_jax import configs, runtime
-from pcam_jax.training import loop, stages as stages_lib
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import common  # noqa: E402  (experiments/benchmarks/common.py)
 
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from pcam_jax import configs, runtime  # noqa: E402
+from pcam_jax.training import loop, stages as stages_lib  # noqa: E402
 
 
 def main():
@@ -42,7 +35,8 @@ def main():
         stages_lib.get(s).settings(config).num_epochs = 1
     workdir = pathlib.Path(args.workdir)
     shutil.rmtree(workdir, ignore_errors=True)
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; load average before: {os.getloadavg()}")
+    print(common.environment_header())
+    print(f"# load average before: {os.getloadavg()}")
     start = time.perf_counter()
     results = loop.train_and_evaluate(config, workdir, stages=(1, 2, 3, 4), data_dir=args.data_dir)
     total = time.perf_counter() - start
