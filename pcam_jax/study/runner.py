@@ -261,7 +261,12 @@ def summarise(run: StudyRun, metrics: dict) -> list[dict]:
                "stage": run.stage, "map": method, "curve": run.stage if registry.get(method).needs_decoder else None,
                "kappa": _value(metrics, "classification", spec.name, "image", "cohen_kappa") if classifier else None,
                "auroc": _value(metrics, "classification", spec.name, "image", "auroc") if classifier else None,
-               "lesion_auroc": _value(metrics, "shortcuts", spec.name, "lesion_auroc", "pooled") if classifier else None}
+               "lesion_auroc": _value(metrics, "shortcuts", spec.name, "lesion_auroc", "pooled") if classifier else None,
+               # issue 22's shortcut targets: P(abnormal) with - without hardware on normal counterfactual
+               # limbs, and how often the row's map peaks on the hardware (every cell pooled)
+               "hardware_effect": (_value(metrics, "shortcuts", spec.name, "hardware", "effect_normal")
+                                   if classifier else None),
+               "argmax_hardware": _value(metrics, "shortcuts", spec.name, "argmax", method, "all", "hardware")}
         for metric in ("pointing_game", "pxap"):
             row[metric] = _value(metrics, "localisation", f"{spec.name}/{method}", metric)
         rows.append(row)

@@ -20,11 +20,11 @@ import numpy as np
 from pcam_jax.training import stages as stages_lib
 
 METRICS = {"kappa": "kappa", "auroc": "AUROC", "lesion_auroc": "lesion AUROC", "pointing_game": "pointing game",
-           "pxap": "PxAP"}
+           "pxap": "PxAP", "hardware_effect": "hardware effect", "argmax_hardware": "arg-max on hardware"}
 # The range of each metric: an interval is clipped to it (a t-interval over 3-5 seeds of a share near
 # 0 or 1 otherwise runs past it), a difference of two to +-(its width).
 BOUNDS = {"kappa": (-1.0, 1.0), "auroc": (0.0, 1.0), "lesion_auroc": (0.0, 1.0), "pointing_game": (0.0, 1.0),
-          "pxap": (0.0, 1.0)}
+          "pxap": (0.0, 1.0), "hardware_effect": (-1.0, 1.0), "argmax_hardware": (0.0, 1.0)}
 # Paired differences reported per seed (issue 22): (name, (stage, map), (stage, map)); the stage-2 map
 # is taken in each mask mode the study ran; stages 3 and 4 are paired at the same label count.
 COMPARISONS = (
@@ -123,7 +123,7 @@ def aggregate(results: Iterable[dict], runs: Sequence) -> dict:
         ranked = sorted(enumerate(rows.items()), key=order)
         out[shortcut] = [{"row": key[0], "labels": key[1], "stage": found[0].get("stage"), "curve": found[0].get("curve"),
                           "seeds": [r.get("seed") for r in found],
-                          **{m: mean_interval([r[m] for r in found], bounds=BOUNDS[m]) for m in METRICS}}
+                          **{m: mean_interval([r.get(m) for r in found], bounds=BOUNDS[m]) for m in METRICS}}
                          for _, (key, found) in ranked]
     return out
 
@@ -145,7 +145,9 @@ def markdown_table(aggregated: dict, title: str = "Seeded study", paired: dict |
              "Mean [95 % t-interval] over seeds (* : clipped to the metric's range), test split. kappa and AUROC: "
              "classification; lesion AUROC: "
              "counterfactual renders with marker and hardware held equal (pooled); pointing game and PxAP: "
-             "localisation of the row's map. Stage 3 cannot train with 0 labels: its 0-label row is the "
+             "localisation of the row's map; hardware effect: mean P(abnormal) with minus without hardware on normal "
+             "counterfactual limbs; arg-max on hardware: share of counterfactual limbs whose map peaks on the "
+             "hardware. Stage 3 cannot train with 0 labels: its 0-label row is the "
              "stage-2 run it starts from. Stage 4 is not a classifier (its head stays at its random start).", ""]
     for shortcut, rows in aggregated.items():
         lines += [f"## Shortcut {shortcut}" + (" (side marker and hardware never drawn)" if shortcut == "off" else ""),
