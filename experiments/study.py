@@ -4,6 +4,8 @@
     python experiments/study.py --preset demo --seeds 0,1,2,3,4 --workdir work/study_demo
     python experiments/study.py --lesion-level subtle --config.stage2.init_from=stage1
     python experiments/study.py --dry-run                # list the runs and what each copies
+    python experiments/study.py --preset demo --workdir work/study_demo --export-findings
+                                                         # keep its paired differences for the demo's summary
 
 CAM and positive CAM (stage 1), stage 2 keep / erase, stage 3 with 0 / 10 / 30 / 100 labels
 (0: the stage-2 run it starts from), the few-label segmenter (stage 4) with 10 / 30 / 100, with
@@ -50,6 +52,9 @@ def parse_args(argv):
                         help="one dataset for all seeds (config.synthetic.seed as set); default: a seed sets it too")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="config override")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    parser.add_argument("--export-findings", nargs="?", const="package", default=None, metavar="PATH",
+                        help="write the finished study's paired differences and recipe to PATH (default: "
+                             "pcam_jax/study/demo_findings.json, which `pcam-jax demo` prints from) and exit")
     args, rest = parser.parse_known_args(argv)
     unknown = [a for a in rest if not a.startswith("--config.")]
     if unknown:
@@ -74,6 +79,8 @@ def study(args) -> int:
             print(f"run {k}/{len(runs)}: {run.name}" + (f"  (copies {copies})" if copies else ""))
         return 0
     workdir = pathlib.Path(args.workdir)
+    if args.export_findings:
+        return export_findings(workdir, config, args.export_findings)
     base = {"config": json.loads(config.to_json_best_effort()), "vary_data": not args.fixed_data,
             "stage3_mode": args.stage3_mode}
     saved = workdir / "study_settings.json"
@@ -86,6 +93,24 @@ def study(args) -> int:
         result = study_lib.run_study(runs, config, workdir, vary_data=not args.fixed_data, should_stop=stop,
                                      settings=dict(vars(args), **base))
     return errors.EXIT_INTERRUPTED if result["stopped"] else 0
+
+
+def export_findings(workdir: pathlib.Path, config, target: str) -> int:
+    """``workdir``'s finished study.json, with ``config``'s recipe, as the demo's findings file."""
+    from pcam_jax.study import findings
+
+    study_file = workdir / "study.json"
+    if not study_file.is_file():
+        raise FileNotFoundError(f"{study_file} does not exist: run the study first (same command without "
+                                "--export-findings)")
+    study = json.loads(study_file.read_text())
+    if study.get("stopped", True):
+        raise ValueError(f"{study_file} is from a study that stopped early: finish it first")
+    out = findings.FINDINGS_FILE if target == "package" else pathlib.Path(target)
+    kept = findings.export(study, findings.recipe(config), source=f"experiments/study.py --workdir {workdir}")
+    out.write_text(json.dumps(kept, indent=1) + "\n")
+    print(f"wrote {out}: {kept['runs']} runs, seeds {kept['seeds']}")
+    return 0
 
 
 def main(argv=None) -> int:

@@ -251,3 +251,75 @@ def test_a_tiny_study_trains_scores_and_resumes(tmp_path, fast_compilation):
     lines.clear()
     study.run_study(runs, config, tmp_path, log=lines.append)       # all finished: nothing trains
     assert sum("finished before" in l for l in lines) == len(runs)
+
+
+# --- what the demo's summary may claim (pcam_jax.study.findings) -------------------------------
+
+def test_the_demo_runs_the_recipe_of_the_demo_preset_study():
+    from pcam_jax.cli.demo_phases import demo_config
+    from pcam_jax.study import findings
+
+    demo = demo_config(workdir="/tmp/somewhere")
+    assert findings.recipe(demo) == findings.recipe(study.study_config("demo"))
+    assert findings.shortcut_setting(demo) == "on"
+    changed = demo_config(workdir="/tmp/x")
+    with changed.unlocked():
+        changed.stage3.num_epochs += 1
+        changed.data.data_dir = "/elsewhere"   # where the data lie is not part of the recipe
+    assert findings._differs(findings.recipe(changed), findings.recipe(demo)) == ["stage3.num_epochs"]
+
+
+def _findings_of(tmp_path, config):
+    """A finished fake study of 3 seeds (decoder - segmenter pointing game 0.2, 0.3, 0.1 at 10 labels)
+    exported through the entry point's --export-findings."""
+    results = []
+    for seed, (decoder, segmenter) in enumerate([(0.8, 0.6), (0.9, 0.6), (0.8, 0.7)]):
+        results += [_result(seed, 3, "keep", 10, decoder={"pointing_game": decoder, "pxap": 0.3}),
+                    _result(seed, 4, "", 10, decoder={"pointing_game": segmenter, "pxap": 0.3 + 0.01 * (seed - 1)})]
+    study_json = {"stopped": False, "runs": results, "paired": paired_differences(results), "seconds": 12.0}
+    (tmp_path / "study.json").write_text(json.dumps(study_json))
+    out = tmp_path / "findings.json"
+    assert _entry_point().export_findings(tmp_path, config, str(out)) == 0
+    return json.loads(out.read_text())
+
+
+def test_the_summary_claims_only_differences_whose_interval_excludes_0(tmp_path):
+    from pcam_jax.study import findings
+
+    config = get_config("tiny")
+    with config.unlocked():
+        config.synthetic.num_labelled = 10
+    kept = _findings_of(tmp_path, config)
+    assert kept["seeds"] == [0, 1, 2] and kept["runs"] == 6
+    lines = findings.supported_lines(config, kept)
+    # pointing game differences 0.2, 0.3, 0.1: mean 0.2, half-width 4.303 * 0.1 / sqrt(3) = 0.248 -> spans 0;
+    # PxAP differences 0.0, 0.01, 0.02 -> mean 0.01, half-width 0.0248: spans 0 too. Nothing is claimed.
+    assert lines[1] == "  none of the paired differences excludes 0"
+    assert "stage 3 decoder - stage 4 segmenter (keep) (pointing game)" in lines[2]
+    # the same pointing game differences tighter (0.2, 0.21, 0.19): half-width 0.0248 -> claimed
+    for row in kept["paired"]["on"]:
+        row["pointing_game"] = mean_interval([0.2, 0.21, 0.19])
+    lines = findings.supported_lines(config, kept)
+    assert lines[1] == "  stage 3 decoder - stage 4 segmenter (keep): pointing game +0.200 [+0.175, +0.225]"
+    assert "3 seeds" in lines[0] and "10 labels" in lines[0]
+    with config.unlocked():                 # another label count: no comparison of that count is kept
+        config.synthetic.num_labelled = 30
+    assert findings.supported_lines(config, kept)[1] == "  none of the paired differences excludes 0"
+    other = get_config("tiny")
+    with other.unlocked():
+        other.optimizer.learning_rate *= 2
+    assert "differs from the seeded study's (optimizer.learning_rate)" in findings.supported_lines(other, kept)[0]
+
+
+def test_the_demo_summary_prints_the_kept_findings(tmp_path, monkeypatch):
+    from pcam_jax.cli import demo_phases
+    from pcam_jax.study import findings
+
+    config = get_config("tiny")
+    kept = _findings_of(tmp_path, config)
+    monkeypatch.setattr(findings, "FINDINGS_FILE", tmp_path / "findings.json")
+    text = demo_phases.summarize(tmp_path, {}, {"train": 1.0}, config)
+    assert "what 3 seeds of this recipe support" in text and "none of the paired differences excludes 0" in text
+    assert kept["recipe"] == findings.recipe(config)
+    monkeypatch.setattr(findings, "FINDINGS_FILE", tmp_path / "absent.json")
+    assert "no seeded study is kept with this package" in demo_phases.summarize(tmp_path, {}, {}, config)

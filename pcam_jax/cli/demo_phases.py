@@ -61,8 +61,9 @@ Phase = tuple[str, Callable[[Any, pathlib.Path], Any]]
 PHASES: tuple[Phase, ...] = (("prepare data", prepare_data), ("train", train), ("evaluate", evaluate))
 
 
-def summarize(workdir: pathlib.Path, outputs: dict[str, Any], seconds: dict[str, float]) -> str:
-    """The closing summary: per-stage model-selection and test accuracy, files, phase times."""
+def summarize(workdir: pathlib.Path, outputs: dict[str, Any], seconds: dict[str, float], config=None) -> str:
+    """The closing summary: per-stage model-selection and test accuracy, files, what the seeded study
+    of this recipe supports (`pcam_jax.study.findings`; with ``config``), phase times."""
     lines = ["", "pcam-jax demo: summary", ""]
     trained = outputs.get("train") or {}
     tested = (outputs.get("evaluate") or {}).get("classification", {})
@@ -92,8 +93,12 @@ def summarize(workdir: pathlib.Path, outputs: dict[str, Any], seconds: dict[str,
     if figures:
         lines.append(f"maps and report: {workdir / 'eval'} ({', '.join(sorted(figures.values()))}, report.md)")
     lines.append(f"training logs: {workdir / 'metrics.jsonl'}, TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}")
-    lines.append("these are one seed's numbers (config.seed); seed means with paired 95 % intervals, and which of "
-                 "the differences above the seeds support: docs/RESULTS.md, sections 5 and 8")
+    lines.append("these are one seed's numbers (config.seed); seed means with paired 95 % intervals: "
+                 "docs/RESULTS.md, sections 5 and 8")
+    if config is not None:
+        from pcam_jax.study import findings
+
+        lines += findings.supported_lines(config)
     lines.append("")
     lines.append("wall time per phase:")
     for name, value in seconds.items():
@@ -113,5 +118,5 @@ def run_demo(workdir=DEFAULT_WORKDIR, config=None, phases: tuple[Phase, ...] = P
         started = time.perf_counter()
         outputs[name] = phase(config, workdir)
         seconds[name] = time.perf_counter() - started
-    print(summarize(workdir, outputs, seconds), flush=True)
+    print(summarize(workdir, outputs, seconds, config), flush=True)
     return {"outputs": outputs, "seconds": seconds}

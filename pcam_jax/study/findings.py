@@ -1,0 +1,110 @@
+"""What the seeded study at the demo's size supports, for the demo's summary to print (issue 22).
+
+A single demo run is one seed; a claim such as "the decoder localises better than the segmenter"
+holds only where the paired differences over seeds say so. The study's findings are kept with
+the package as data (`FINDINGS_FILE`, written from a finished study by
+``python experiments/study.py --preset demo --workdir W --export-findings``):
+
+    export(study_json, recipe(config))     # {"recipe", "seeds", "paired", "written", "source"}
+    supported_lines(config)                # the differences whose 95 % interval excludes 0
+
+`supported_lines` answers only for the recipe the study ran (`recipe`: the config fields a result
+depends on, less those the study sets per run) and for the demo's shortcut setting and label
+count; for any other recipe it says that no claim is made.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import pathlib
+
+from pcam_jax.study.runner import SHORTCUT_FIELDS
+from pcam_jax.study.tables import METRICS
+
+FINDINGS_FILE = pathlib.Path(__file__).with_name("demo_findings.json")
+# Config sections a result depends on, and the fields in them that do not change a number or that the
+# study sets per run (the seed, the label count, the shortcut setting: matched separately).
+RECIPE_SECTIONS = ("model", "optimizer", "stage1", "stage2", "stage3", "stage4", "synthetic", "data")
+NOT_RECIPE = {"data": ("data_dir", "prefetch", "eval_batch_size", "folder_csv", "folder_root"),
+              "synthetic": ("seed", "num_labelled") + SHORTCUT_FIELDS}
+
+
+def recipe(config) -> dict:
+    """The fields of ``config`` a study result depends on (JSON-safe), less `NOT_RECIPE`."""
+    whole = json.loads(config.to_json_best_effort())
+    out = {}
+    for section in RECIPE_SECTIONS:
+        fields = dict(whole.get(section, {}))
+        for name in NOT_RECIPE.get(section, ()):
+            fields.pop(name, None)
+        out[section] = fields
+    out["eval.pointing_tolerance"] = whole.get("eval", {}).get("pointing_tolerance")
+    return out
+
+
+def shortcut_setting(config) -> str:
+    """"on" where the synthetic world draws a side marker or hardware, else "off" (the study's names)."""
+    return "on" if any(float(config.synthetic[f]) > 0 for f in SHORTCUT_FIELDS) else "off"
+
+
+def export(study: dict, study_recipe: dict, source: str = "") -> dict:
+    """The findings kept with the package: the study's paired differences (per shortcut setting),
+    its seeds, recipe and wall time. ``study``: the study.json `pcam_jax.study.run_study` wrote."""
+    seeds = sorted({r["run"]["seed"] for r in study["runs"]})
+    return {"recipe": study_recipe, "seeds": seeds, "runs": len(study["runs"]),
+            "seconds": study.get("seconds"), "paired": study["paired"], "source": source,
+            "written": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}"}
+
+
+def load(path=None) -> dict | None:
+    """The findings at ``path`` (default `FINDINGS_FILE`); None where there are none."""
+    path = pathlib.Path(FINDINGS_FILE if path is None else path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _differs(a: dict, b: dict) -> list[str]:
+    """The dotted names of the fields where recipes ``a`` and ``b`` differ."""
+    names = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            names += [f"{key}.{name}" for name in _differs(x, y)]
+        elif x != y:
+            names.append(key)
+    return names
+
+
+def supported_lines(config, findings: dict | None = None) -> list[str]:
+    """Lines for the demo's summary: each paired difference of the study, at ``config``'s shortcut
+    setting and label count, whose 95 % interval excludes 0 (with its mean, interval and seeds);
+    then the comparisons it could not tell apart. One line saying why when there is no study for
+    this recipe."""
+    findings = load() if findings is None else findings
+    if findings is None:
+        return ["no seeded study is kept with this package: no seed-independent claim is made"]
+    differs = _differs(recipe(config), findings["recipe"])
+    if differs:
+        shown = ", ".join(differs[:4]) + (" ..." if len(differs) > 4 else "")
+        return [f"this recipe differs from the seeded study's ({shown}): no seed-independent claim is made"]
+    setting, labels = shortcut_setting(config), int(config.synthetic.num_labelled)
+    supported, unclear = [], []
+    for row in findings["paired"].get(setting, []):
+        if row["labels"] not in (None, labels):
+            continue
+        name = row["comparison"] + (f" ({row['mode']})" if row["mode"] else "")
+        for metric, title in METRICS.items():
+            cell = row.get(metric) or {}
+            if cell.get("mean") is None:
+                continue
+            if cell.get("low") is not None and (cell["low"] > 0 or cell["high"] < 0):
+                supported.append(f"  {name}: {title} {cell['mean']:+.3f} [{cell['low']:+.3f}, {cell['high']:+.3f}]")
+            elif metric in ("pointing_game", "pxap"):
+                unclear.append(f"{name} ({title})")
+    seeds = findings["seeds"]
+    lines = [f"what {len(seeds)} seeds of this recipe support (paired differences within a seed, 95 % t-interval; "
+             f"shortcut {setting}, {labels} labels; experiments/study.py --preset demo, docs/RESULTS.md section 5):"]
+    lines += supported or ["  none of the paired differences excludes 0"]
+    if unclear:
+        lines.append("  not told apart by the seeds: " + "; ".join(unclear))
+    return lines
