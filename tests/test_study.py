@@ -323,3 +323,18 @@ def test_the_demo_summary_prints_the_kept_findings(tmp_path, monkeypatch):
     assert kept["recipe"] == findings.recipe(config)
     monkeypatch.setattr(findings, "FINDINGS_FILE", tmp_path / "absent.json")
     assert "no seeded study is kept with this package" in demo_phases.summarize(tmp_path, {}, {}, config)
+
+
+def test_study_shortcuts_reads_each_cell_of_the_counterfactual_report():
+    spec = importlib.util.spec_from_file_location("study_shortcuts", REPO / "experiments" / "study_shortcuts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cells = {f"lesion={l},marker={m},hardware={h}": {"lesion": 0.1 * l + 0.01 * m, "hardware": 0.2 * h + 0.05 * l}
+             for l in (0, 1) for m in (0, 1) for h in (0, 1)}
+    report = {"hardware": {"effect_normal": 0.3}, "marker": {"effect_normal": 0.1}, "lesion_auroc": {"pooled": 0.9},
+              "argmax": {"decoder": {"all": {"hardware": 0.17}, "per_cell": cells}}}
+    got = module.run_numbers(report)
+    assert got["hardware effect (normal)"] == 0.3 and got["decoder: on hardware, all limbs"] == 0.17
+    assert got["decoder: on hardware, lesion-free"] == pytest.approx(0.2)          # (0.2 + 0.2) / 2
+    assert got["decoder: on hardware, with lesion"] == pytest.approx(0.25)         # 0.2 + 0.05
+    assert got["decoder: on lesion, with lesion and hardware"] == pytest.approx(0.105)   # (0.1 + 0.11) / 2
