@@ -112,6 +112,28 @@ def test_balanced_lesion_loss_hand_computed():
     np.testing.assert_allclose(losses.lesion_loss(jnp.zeros_like(tiny), tiny, balanced=True), 0.5, rtol=1e-6)
 
 
+def test_balanced_cross_entropy_lesion_loss_hand_computed():
+    pred = jnp.array([[[0.9, 0.2], [0.5, 0.1]], [[0.5, 0.2], [0.2, 0.2]]])
+    mask = jnp.array([[[1.0, 1.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    # image 0: lesion -log 0.9, -log 0.2; background -log 0.5, -log 0.9; the mean of the two means
+    lesion, background = (-math.log(0.9) - math.log(0.2)) / 2, (-math.log(0.5) - math.log(0.9)) / 2
+    # image 1 (empty mask): background only
+    empty = (-math.log(0.5) - 3 * math.log(0.8)) / 4
+    got = losses.lesion_loss(pred, mask, balanced=True, cross_entropy=True)
+    np.testing.assert_allclose(got, ((lesion + background) / 2 + empty) / 2, rtol=1e-5)
+    # Gradient with respect to the logit z (D = sigmoid(z)): D - M for cross-entropy, which stays
+    # large where the map saturates; the squared error's 2 (D - M) D (1 - D) vanishes there.
+    z = jnp.array([[[6.0]]])
+    background_pixel = jnp.zeros((1, 1, 1))
+    bce = jax.grad(lambda z: losses.lesion_loss(jax.nn.sigmoid(z), background_pixel, cross_entropy=True))(z)
+    mse = jax.grad(lambda z: losses.lesion_loss(jax.nn.sigmoid(z), background_pixel))(z)
+    d = 1 / (1 + math.exp(-6.0))
+    np.testing.assert_allclose(float(bce[0, 0, 0]), d, rtol=1e-4)
+    np.testing.assert_allclose(float(mse[0, 0, 0]), 2 * d * d * (1 - d), rtol=1e-4)
+    # A saturated prediction is clipped, not infinite.
+    assert np.isfinite(float(losses.lesion_loss(jnp.ones((1, 2, 2)), jnp.zeros((1, 2, 2)), cross_entropy=True)))
+
+
 def test_stage_loss_and_accuracy():
     # (1 - 0.25) * 2 + 0.25 * 1 + 2 * 0.5 = 1.5 + 0.25 + 1 = 2.75
     np.testing.assert_allclose(losses.stage_loss(2.0, 1.0, 0.5, 0.25, 2.0), 2.75, rtol=1e-7)
