@@ -1,6 +1,7 @@
 """FracAtlas over seeds: each run's test-split numbers, their seed means, and paired differences.
 
     python experiments/fracatlas_seeds.py RUN_SEED0 RUN_SEED1 RUN_SEED2 [--stage4 eval_stage4]
+        [--stages_from RUN RUN RUN] [--compare RUN RUN RUN]
 
 Each RUN was trained with `pcam-jax train --config fracatlas --config.seed=S
 --config.stage3.labelled_seed=S` and scored once with `python experiments/fracatlas_evaluate.py
@@ -12,6 +13,11 @@ Printed (markdown): per seed and as mean [95 % t-interval over seeds, clipped to
 differences within each seed (same data, same labelled fractures, same stage-1 start), and for the
 pointing game also a bootstrap over seeds and test fractures of the pooled per-image difference
 (10,000 resamples: seeds resampled, then images within each), which uses the images' spread too.
+
+``--stages_from``: runs (same seeds, same order) whose stage checkpoints these runs copied (e.g. a
+stage 3 retrained from another run's stage 2); their scores fill the maps and AUROCs these runs
+did not score. ``--compare``: runs of another recipe, same seeds and order; prints these runs minus
+those for every map and AUROC both scored (the recipe's paired effect).
 """
 
 import argparse
@@ -83,12 +89,46 @@ def bootstrap_pooled(runs: list[dict], a: str, b: str, resamples: int = 10_000, 
     return float(np.mean([d.mean() for d in diffs])), float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
 
 
+def fill_from(run: dict, source: dict) -> dict:
+    """``run`` with the maps, per-image pointing games and AUROCs it lacks taken from ``source``."""
+    if (run["seed"], run["labelled_seed"]) != (source["seed"], source["labelled_seed"]):
+        raise ValueError(f"{run['run']} (seed {run['seed']}) and {source['run']} (seed {source['seed']}) are "
+                         "not the same seed: give --stages_from in the runs' order")
+    for key in ("auroc", "maps", "per_image_pg"):
+        run[key] = {**source[key], **run[key]}
+    return run
+
+
+def print_paired(runs: list[dict], paired) -> None:
+    print("| A - B | metric | per seed | mean [t-interval] | pooled per image [bootstrap] |")
+    print("|---|---|---|---|---|")
+    for name, a, b in paired:
+        for metric in (("auroc",) if a.startswith("auroc:") else ("pg", "pxap")):
+            diffs = [None if value(r, a, metric) is None or value(r, b, metric) is None
+                     else value(r, a, metric) - value(r, b, metric) for r in runs]
+            if all(d is None for d in diffs):
+                continue
+            pooled = bootstrap_pooled(runs, a, b) if metric == "pg" else None
+            pooled_cell = "-" if pooled is None else f"{pooled[0]:+.3f} [{pooled[1]:+.3f}, {pooled[2]:+.3f}]"
+            print(f"| {name} | {metric} | " + ", ".join("-" if d is None else f"{d:+.3f}" for d in diffs) + " | "
+                  + format_cell(mean_interval(diffs, bounds=(-1.0, 1.0))) + f" | {pooled_cell} |")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("runs", nargs="+", type=pathlib.Path)
     parser.add_argument("--stage4", default="eval_stage4", help="the stage-4 evaluation's folder in each run")
+    parser.add_argument("--stages_from", nargs="+", type=pathlib.Path, default=None,
+                        help="runs whose checkpoints these copied: they fill what these did not score")
+    parser.add_argument("--compare", nargs="+", type=pathlib.Path, default=None,
+                        help="runs of another recipe (same seeds, same order): these minus those")
     args = parser.parse_args()
-    runs = [read_run(r, args.stage4) for r in args.runs]
+    own = [read_run(r, args.stage4) for r in args.runs]   # what these runs scored themselves
+    runs = own
+    if args.stages_from:
+        if len(args.stages_from) != len(runs):
+            parser.error("--stages_from needs one run per run, in the same order")
+        runs = [fill_from(dict(r), read_run(s, args.stage4)) for r, s in zip(own, args.stages_from)]
     seeds = [r["seed"] for r in runs]
     print(f"Seeds {seeds} (stage-3 labelled sets {[r['labelled_seed'] for r in runs]}); test split, scored once.\n")
     print("| | " + " | ".join(f"seed {s}" for s in seeds) + " | mean [95 % t-interval] |")
@@ -108,18 +148,27 @@ def main():
                   + format_cell(mean_interval(values, bounds=(0.0, 1.0))) + " |")
     print("\nPaired differences A - B within each seed, mean [95 % t-interval of the per-seed differences, "
           "clipped to [-1, 1]]; pointing game also pooled per image with a seeds-and-images bootstrap.\n")
-    print("| A - B | metric | per seed | mean [t-interval] | pooled per image [bootstrap] |")
-    print("|---|---|---|---|---|")
-    for name, a, b in PAIRED:
-        for metric in (("auroc",) if a.startswith("auroc:") else ("pg", "pxap")):
-            diffs = [None if value(r, a, metric) is None or value(r, b, metric) is None
-                     else value(r, a, metric) - value(r, b, metric) for r in runs]
-            if all(d is None for d in diffs):
-                continue
-            pooled = bootstrap_pooled(runs, a, b) if metric == "pg" else None
-            pooled_cell = "-" if pooled is None else f"{pooled[0]:+.3f} [{pooled[1]:+.3f}, {pooled[2]:+.3f}]"
-            print(f"| {name} | {metric} | " + ", ".join("-" if d is None else f"{d:+.3f}" for d in diffs) + " | "
-                  + format_cell(mean_interval(diffs, bounds=(-1.0, 1.0))) + f" | {pooled_cell} |")
+    print_paired(runs, PAIRED)
+    if args.compare:
+        if len(args.compare) != len(runs):
+            parser.error("--compare needs one run per run, in the same order")
+        others = [read_run(c, args.stage4) for c in args.compare]
+        # one run per seed holding both recipes' numbers under "this/..." and "other/..." keys
+        both = []
+        for r, o in zip(own, others):   # only what these runs scored (a filled stage is the other run's)
+            fill_from(dict(r), o)   # the seed check
+            merged = {"seed": r["seed"], "auroc": {}, "maps": {}, "per_image_pg": {}}
+            for prefix, source in (("this", r), ("other", o)):
+                merged["maps"].update({f"{prefix}/{k}": v for k, v in source["maps"].items()})
+                merged["per_image_pg"].update({f"{prefix}/{k}": v for k, v in source["per_image_pg"].items()})
+                merged["auroc"].update({f"{prefix}.{k}": v for k, v in source["auroc"].items()})
+            both.append(merged)
+        common = [m for m in MAPS if all(m in r["maps"] and m in o["maps"] for r, o in zip(own, others))]
+        stages = sorted(set.intersection(*[set(r["auroc"]) & set(o["auroc"]) for r, o in zip(own, others)]) - {"stage4"})
+        print(f"\nThese runs minus {[str(c) for c in args.compare]} (another recipe; same seeds, data and "
+              "labelled fractures), within each seed.\n")
+        print_paired(both, [(f"{m}: this - other", f"this/{m}", f"other/{m}") for m in common]
+                     + [(f"AUROC {s}: this - other", f"auroc:this.{s}", f"auroc:other.{s}") for s in stages])
 
 
 if __name__ == "__main__":
