@@ -37,12 +37,15 @@ def run_numbers(shortcuts: dict) -> dict[str, float]:
     return out
 
 
-def collect(workdir: pathlib.Path, labels: int) -> dict[str, dict[str, list[float]]]:
-    """{stage row: {number: [value per seed]}} over the study's shortcut-on classifier runs."""
+def collect(workdir: pathlib.Path, labels: int, modes=("keep",)) -> dict[str, dict[str, list[float]]]:
+    """{stage row: {number: [value per seed]}} over the study's shortcut-on classifier runs (stage 2
+    and 3 in the mask ``modes`` only)."""
     table: dict[str, dict[str, list[float]]] = {}
     for result_file in sorted(workdir.glob("seed*-shortcut_on/*/study_run.json")):
         run = json.loads(result_file.read_text())["run"]
         if run["stage"] == 4 or (run["stage"] == 3 and run["labels"] != labels):
+            continue
+        if run["stage"] in (2, 3) and run.get("mode") not in modes:
             continue
         metrics_file = result_file.parent / "eval" / "metrics.json"
         shortcuts = json.loads(metrics_file.read_text()).get("shortcuts", {}).get(f"stage{run['stage']}")
@@ -70,9 +73,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True, type=pathlib.Path)
     parser.add_argument("--labels", type=int, default=100, help="the stage-3 label count to report")
+    parser.add_argument("--modes", default="keep", help="stage-2 mask modes to report, comma-separated")
     parser.add_argument("--out", type=pathlib.Path, help="also write the table here")
     args = parser.parse_args(argv)
-    table = collect(args.workdir, args.labels)
+    table = collect(args.workdir, args.labels, tuple(args.modes.split(",")))
     if not table:
         print(f"{args.workdir}: no finished shortcut-on classifier run with eval/metrics.json "
               "(run experiments/study.py first)", file=sys.stderr)
