@@ -295,12 +295,12 @@ def test_the_summary_claims_only_differences_whose_interval_excludes_0(tmp_path)
     # pointing game differences 0.2, 0.3, 0.1: mean 0.2, half-width 4.303 * 0.1 / sqrt(3) = 0.248 -> spans 0;
     # PxAP differences 0.0, 0.01, 0.02 -> mean 0.01, half-width 0.0248: spans 0 too. Nothing is claimed.
     assert lines[1] == "  none of the paired differences excludes 0"
-    assert "stage 3 decoder - stage 4 segmenter (keep) (pointing game)" in lines[2]
+    assert "stage 3 decoder - stage 4 segmenter (pointing game)" in lines[2]
     # the same pointing game differences tighter (0.2, 0.21, 0.19): half-width 0.0248 -> claimed
     for row in kept["paired"]["on"]:
         row["pointing_game"] = mean_interval([0.2, 0.21, 0.19])
     lines = findings.supported_lines(config, kept)
-    assert lines[1] == "  stage 3 decoder - stage 4 segmenter (keep): pointing game +0.200 [+0.175, +0.225]"
+    assert lines[1] == "  stage 3 decoder - stage 4 segmenter: pointing game +0.200 [+0.175, +0.225]"
     assert "3 seeds" in lines[0] and "10 labels" in lines[0]
     with config.unlocked():                 # another label count: no comparison of that count is kept
         config.synthetic.num_labelled = 30
@@ -338,3 +338,11 @@ def test_study_shortcuts_reads_each_cell_of_the_counterfactual_report():
     assert got["decoder: on hardware, lesion-free"] == pytest.approx(0.2)          # (0.2 + 0.2) / 2
     assert got["decoder: on hardware, with lesion"] == pytest.approx(0.25)         # 0.2 + 0.05
     assert got["decoder: on lesion, with lesion and hardware"] == pytest.approx(0.105)   # (0.1 + 0.11) / 2
+
+
+def test_two_maps_of_one_classifier_report_no_classifier_difference():
+    results = [_result(seed, 1, "", 100, cam={"pointing_game": 0.1, "kappa": 0.7 + 0.01 * seed},
+                       positive_cam={"pointing_game": 0.3, "kappa": 0.7 + 0.01 * seed}) for seed in range(3)]
+    (row,) = paired_differences(results)["on"]
+    assert row["comparison"] == "stage 1 positive CAM - stage 1 CAM"
+    assert row["pointing_game"]["mean"] == pytest.approx(0.2) and row["kappa"]["mean"] is None

@@ -20,7 +20,7 @@ import json
 import pathlib
 
 from pcam_jax.study.runner import SHORTCUT_FIELDS
-from pcam_jax.study.tables import METRICS
+from pcam_jax.study.tables import METRICS, paired_differences
 
 FINDINGS_FILE = pathlib.Path(__file__).with_name("demo_findings.json")
 # Config sections a result depends on, and the fields in them that do not change a number or that the
@@ -53,7 +53,7 @@ def export(study: dict, study_recipe: dict, source: str = "") -> dict:
     its seeds, recipe and wall time. ``study``: the study.json `pcam_jax.study.run_study` wrote."""
     seeds = sorted({r["run"]["seed"] for r in study["runs"]})
     return {"recipe": study_recipe, "seeds": seeds, "runs": len(study["runs"]),
-            "seconds": study.get("seconds"), "paired": study["paired"], "source": source,
+            "seconds": study.get("seconds"), "paired": paired_differences(study["runs"]), "source": source,
             "written": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}"}
 
 
@@ -77,7 +77,7 @@ def _differs(a: dict, b: dict) -> list[str]:
 
 def supported_lines(config, findings: dict | None = None) -> list[str]:
     """Lines for the demo's summary: each paired difference of the study, at ``config``'s shortcut
-    setting and label count, whose 95 % interval excludes 0 (with its mean, interval and seeds);
+    setting, label count and stage-2 mask mode, whose 95 % interval excludes 0 (with its mean, interval and seeds);
     then the comparisons it could not tell apart. One line saying why when there is no study for
     this recipe."""
     findings = load() if findings is None else findings
@@ -90,9 +90,9 @@ def supported_lines(config, findings: dict | None = None) -> list[str]:
     setting, labels = shortcut_setting(config), int(config.synthetic.num_labelled)
     supported, unclear = [], []
     for row in findings["paired"].get(setting, []):
-        if row["labels"] not in (None, labels):
+        if row["labels"] not in (None, labels) or row["mode"] not in ("", config.stage2.mask_mode):
             continue
-        name = row["comparison"] + (f" ({row['mode']})" if row["mode"] else "")
+        name = row["comparison"]
         for metric, title in METRICS.items():
             cell = row.get(metric) or {}
             if cell.get("mean") is None:

@@ -25,6 +25,9 @@ METRICS = {"kappa": "kappa", "auroc": "AUROC", "lesion_auroc": "lesion AUROC", "
 # 0 or 1 otherwise runs past it), a difference of two to +-(its width).
 BOUNDS = {"kappa": (-1.0, 1.0), "auroc": (0.0, 1.0), "lesion_auroc": (0.0, 1.0), "pointing_game": (0.0, 1.0),
           "pxap": (0.0, 1.0), "hardware_effect": (-1.0, 1.0), "argmax_hardware": (0.0, 1.0)}
+# Numbers of the classifier rather than of the map: two maps of one run share them, so their
+# difference is 0 by construction and is not reported.
+CLASSIFIER_METRICS = ("kappa", "auroc", "lesion_auroc", "hardware_effect")
 # Paired differences reported per seed (issue 22): (name, (stage, map), (stage, map)); the stage-2 map
 # is taken in each mask mode the study ran; stages 3 and 4 are paired at the same label count.
 COMPARISONS = (
@@ -79,6 +82,7 @@ def paired_differences(results: Iterable[dict]) -> dict:
                 _, _, mode, labels = key_a
                 spec_b = stages_lib.get(stage_b)   # B in A's mode and at A's label count where B has them
                 key_b = (stage_b, map_b, mode if spec_b.uses("l2") else "", labels if spec_b.needs_labelled else None)
+                one_run = stage_a == stage_b   # two maps of one classifier
                 seeds, diffs = [], {m: [] for m in METRICS}
                 for seed in sorted({k[1] for k in found if k[0] == shortcut}):
                     a, b = found.get((shortcut, seed, *key_a)), found.get((shortcut, seed, *key_b))
@@ -86,7 +90,8 @@ def paired_differences(results: Iterable[dict]) -> dict:
                         continue
                     seeds.append(seed)
                     for m in METRICS:
-                        both = a.get(m) is not None and b.get(m) is not None
+                        both = a.get(m) is not None and b.get(m) is not None and not (
+                            one_run and m in CLASSIFIER_METRICS)
                         diffs[m].append(a[m] - b[m] if both else None)
                 if not seeds:
                     continue
