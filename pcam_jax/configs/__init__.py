@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import pathlib
+from collections.abc import Mapping
 
 import ml_collections
 
@@ -67,6 +68,16 @@ def to_json_dict(config) -> dict:
     if isinstance(config, ml_collections.ConfigDict):
         return json.loads(config.to_json_best_effort())
     return json.loads(json.dumps(dict(config), default=str))
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    """A nested JSON-style dict as ``{"section.field": value}`` (leaves only)."""
+    if isinstance(tree, Mapping):
+        out = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
 
 
 def complete(saved) -> ml_collections.ConfigDict:

@@ -19,6 +19,7 @@ import datetime
 import json
 import pathlib
 
+from pcam_jax import configs
 from pcam_jax.study.runner import SHORTCUT_FIELDS
 from pcam_jax.study.tables import METRICS, paired_differences
 
@@ -26,21 +27,16 @@ FINDINGS_FILE = pathlib.Path(__file__).with_name("demo_findings.json")
 # Config sections a result depends on, and the fields in them that do not change a number or that the
 # study sets per run (the seed, the label count, the shortcut setting: matched separately).
 RECIPE_SECTIONS = ("model", "optimizer", "stage1", "stage2", "stage3", "stage4", "synthetic", "data")
-NOT_RECIPE = {"data": ("data_dir", "prefetch", "eval_batch_size", "folder_csv", "folder_root"),
-              "synthetic": ("seed", "num_labelled") + SHORTCUT_FIELDS}
+NOT_RECIPE = {f"data.{f}" for f in ("data_dir", "prefetch", "eval_batch_size", "folder_csv", "folder_root")} | {
+    f"synthetic.{f}" for f in ("seed", "num_labelled") + SHORTCUT_FIELDS}
 
 
 def recipe(config) -> dict:
-    """The fields of ``config`` a study result depends on (JSON-safe), less `NOT_RECIPE`."""
-    whole = json.loads(config.to_json_best_effort())
-    out = {}
-    for section in RECIPE_SECTIONS:
-        fields = dict(whole.get(section, {}))
-        for name in NOT_RECIPE.get(section, ()):
-            fields.pop(name, None)
-        out[section] = fields
-    out["eval.pointing_tolerance"] = whole.get("eval", {}).get("pointing_tolerance")
-    return out
+    """``{"section.field": value}`` of ``config`` for the fields a study result depends on
+    (`RECIPE_SECTIONS` less `NOT_RECIPE`, and the pointing-game tolerance), JSON-safe."""
+    flat = configs.flatten(configs.to_json_dict(config))
+    return {k: v for k, v in flat.items()
+            if (k.split(".")[0] in RECIPE_SECTIONS and k not in NOT_RECIPE) or k == "eval.pointing_tolerance"}
 
 
 def shortcut_setting(config) -> str:
@@ -64,15 +60,8 @@ def load(path=None) -> dict | None:
 
 
 def _differs(a: dict, b: dict) -> list[str]:
-    """The dotted names of the fields where recipes ``a`` and ``b`` differ."""
-    names = []
-    for key in sorted(set(a) | set(b)):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            names += [f"{key}.{name}" for name in _differs(x, y)]
-        elif x != y:
-            names.append(key)
-    return names
+    """The fields (dotted names) where recipes ``a`` and ``b`` differ."""
+    return [k for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
 
 
 def supported_lines(config, findings: dict | None = None) -> list[str]:

@@ -152,23 +152,14 @@ def _compared_sections(stage: int, config: Mapping) -> tuple[tuple[str, ...], tu
     return tuple(sections), tuple(ignored)
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, Mapping):
-        out = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def config_differences(saved: Mapping, current: Mapping, stage: int) -> list[str]:
     """Lines ``"model.widths: checkpoint [4, 8], now [4, 16]"`` for fields that differ.
 
     Both configs are JSON-style dicts (`pcam_jax.configs.to_json_dict`). Pure: no I/O.
     """
     sections, ignored = _compared_sections(stage, current)
-    flat_saved = {k: v for k, v in _flatten(dict(saved)).items() if k.split(".")[0] in sections}
-    flat_now = {k: v for k, v in _flatten(dict(current)).items() if k.split(".")[0] in sections}
+    flat_saved = {k: v for k, v in configs.flatten(dict(saved)).items() if k.split(".")[0] in sections}
+    flat_now = {k: v for k, v in configs.flatten(dict(current)).items() if k.split(".")[0] in sections}
     lines = []
     for key in sorted(set(flat_saved) | set(flat_now)):
         if key in ignored:
@@ -237,10 +228,7 @@ class StageCheckpoints:
         """Ranked as `selection.criterion` says: ``train.best_metric``, or for a stage without a
         trained classifier `selection.HELDOUT_PXAP` (none of its checkpoints carries metrics where
         the run has no held-out masks: its "best" is then its latest)."""
-        if stages_lib.get(stage).best_by_localisation:
-            metric, mode = selection.HELDOUT_PXAP, "max"
-        else:
-            metric, mode = config.train.best_metric, config.train.best_mode
+        metric, mode = selection.ranking(stages_lib.get(stage), config)
         return cls(workdir, stage, keep=config.train.keep_checkpoints, best_metric=metric, best_mode=mode)
 
     def latest_step(self) -> int | None:
