@@ -35,7 +35,9 @@ from pcam_jax.training.state import make_optimizer, update_accuracy_ema
 CONFIDENCE_SOURCES = ("ema", "validation")
 ATTENTION_CLASSES = ("abnormal", "label")   # config.stage2.attention_class
 MASKED_BATCH_NORM = ("running", "batch")    # config.stage2.masked_batch_norm
-LESION_LOSSES = ("mse", "balanced_mse", "balanced_bce")
+# config.stage3.lesion_loss -> the `losses.lesion_loss` options it sets
+LESION_LOSSES = {"mse": {}, "balanced_mse": {"balanced": True},
+                 "balanced_bce": {"balanced": True, "cross_entropy": True}}
 
 TrainStep = Callable[..., tuple[dict, dict]]
 
@@ -73,7 +75,7 @@ def check_config(config: Any) -> None:
                          f"got {config.stage3.hard_background!r}")
     lesion_loss = config.stage3.lesion_loss
     if lesion_loss not in LESION_LOSSES:
-        raise ValueError(f"config.stage3.lesion_loss must be one of {LESION_LOSSES}, got {lesion_loss!r}")
+        raise ValueError(f"config.stage3.lesion_loss must be one of {tuple(LESION_LOSSES)}, got {lesion_loss!r}")
 
 
 def make_loss_fn(stage: int | stages_lib.Stage, config: Any, model: PCAMNet) -> Callable:
@@ -91,8 +93,7 @@ def make_loss_fn(stage: int | stages_lib.Stage, config: Any, model: PCAMNet) -> 
     ema_decay = float(s2.accuracy_ema)
     mask_mode, abnormal_only = str(s2.mask_mode), bool(s2.abnormal_only)
     l3_weight = float(config.stage3.l3_weight) if stage.uses("l3") else 0.0
-    balanced_l3 = config.stage3.lesion_loss.startswith("balanced_")
-    cross_entropy_l3 = config.stage3.lesion_loss.endswith("_bce")
+    lesion_loss_options = LESION_LOSSES[config.stage3.lesion_loss]
     hard_background = float(config.stage3.hard_background)
     own_class_maps = s2.attention_class == "label"
     masked_batch_stats = s2.masked_batch_norm == "batch"
@@ -133,8 +134,7 @@ def make_loss_fn(stage: int | stages_lib.Stage, config: Any, model: PCAMNet) -> 
                                         train=True, method=PCAMNet.segment, mutable=["batch_stats"])
             l3 = losses.lesion_loss(lesion_map, labelled_batch["mask"],
                                     labelled_batch["has_mask"] & labelled_batch["valid"],
-                                    balanced=balanced_l3, hard_background=hard_background,
-                                    cross_entropy=cross_entropy_l3)
+                                    hard_background=hard_background, **lesion_loss_options)
         if stage.losses == ("l1",):
             loss = l1
         elif stage.losses == ("l3",):  # the plain pass only keeps the BN statistics and metrics going
