@@ -76,18 +76,26 @@ def heldout_batches(data, config) -> tuple[list[dict] | None, int]:
     return (batches, images) if images else (None, 0)
 
 
+def ranking(spec, config) -> tuple[str, str]:
+    """(metric, mode) stage ``spec``'s checkpoints are ranked by: ``train.best_metric`` /
+    ``best_mode``, or for a `Stage.best_by_localisation` stage `HELDOUT_PXAP`, max."""
+    if spec.best_by_localisation:
+        return HELDOUT_PXAP, "max"
+    return str(config.train.best_metric), str(config.train.best_mode)
+
+
 def criterion(spec, config, heldout_images: int = 0) -> dict:
     """What ranks stage ``spec``'s checkpoints: {"metric", "mode", "split", "images"}.
 
     Stages with a trained classifier: ``train.best_metric`` on model_selection. A
     `Stage.best_by_localisation` stage: `HELDOUT_PXAP` on the dataset's held-out mask split
     (``heldout_images`` images), or `LATEST` where it has none."""
+    metric, mode = ranking(spec, config)
     if not spec.best_by_localisation:
-        return {"metric": str(config.train.best_metric), "mode": str(config.train.best_mode),
-                "split": "model_selection", "images": None}
+        return {"metric": metric, "mode": mode, "split": "model_selection", "images": None}
     if not heldout_images:
-        return {"metric": LATEST, "mode": "max", "split": None, "images": 0}
-    return {"metric": HELDOUT_PXAP, "mode": "max", "split": HELDOUT_MASK_SPLIT[str(config.data.dataset)],
+        return {"metric": LATEST, "mode": mode, "split": None, "images": 0}
+    return {"metric": metric, "mode": mode, "split": HELDOUT_MASK_SPLIT[str(config.data.dataset)],
             "images": int(heldout_images)}
 
 
