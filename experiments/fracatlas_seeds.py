@@ -89,11 +89,16 @@ def bootstrap_pooled(runs: list[dict], a: str, b: str, resamples: int = 10_000, 
     return float(np.mean([d.mean() for d in diffs])), float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
 
 
+def check_same_seed(run: dict, other: dict) -> None:
+    """Runs compared or merged must share the seed and the labelled set."""
+    if (run["seed"], run["labelled_seed"]) != (other["seed"], other["labelled_seed"]):
+        raise ValueError(f"{run['run']} (seed {run['seed']}) and {other['run']} (seed {other['seed']}) are "
+                         "not the same seed: give --stages_from / --compare in the runs' order")
+
+
 def fill_from(run: dict, source: dict) -> dict:
     """``run`` with the maps, per-image pointing games and AUROCs it lacks taken from ``source``."""
-    if (run["seed"], run["labelled_seed"]) != (source["seed"], source["labelled_seed"]):
-        raise ValueError(f"{run['run']} (seed {run['seed']}) and {source['run']} (seed {source['seed']}) are "
-                         "not the same seed: give --stages_from in the runs' order")
+    check_same_seed(run, source)
     for key in ("auroc", "maps", "per_image_pg"):
         run[key] = {**source[key], **run[key]}
     return run
@@ -156,7 +161,7 @@ def main():
         # one run per seed holding both recipes' numbers under "this/..." and "other/..." keys
         both = []
         for r, o in zip(own, others):   # only what these runs scored (a filled stage is the other run's)
-            fill_from(dict(r), o)   # the seed check
+            check_same_seed(r, o)
             merged = {"seed": r["seed"], "auroc": {}, "maps": {}, "per_image_pg": {}}
             for prefix, source in (("this", r), ("other", o)):
                 merged["maps"].update({f"{prefix}/{k}": v for k, v in source["maps"].items()})

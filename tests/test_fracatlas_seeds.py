@@ -1,19 +1,13 @@
 """experiments/fracatlas_seeds.py: filling copied stages from their source runs, the pooled bootstrap."""
 
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from tests.commands import load_experiment
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("fracatlas_seeds", REPO / "experiments" / "fracatlas_seeds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("fracatlas_seeds")
 
 
 def _run(seed, maps, auroc, per_image=None):

@@ -1,24 +1,18 @@
 """The seeded study (`pcam_jax.study`, `experiments/study.py`): intervals, the grid, resume, one tiny run."""
 
-import importlib.util
 import json
 import math
-import pathlib
 
 import pytest
 
 from pcam_jax import study
 from pcam_jax.configs import get_config
 from pcam_jax.study.tables import format_cell, mean_interval, paired_differences, t_quantile
-
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from tests.commands import load_experiment
 
 
 def _entry_point():
-    spec = importlib.util.spec_from_file_location("study_entry_point", REPO / "experiments" / "study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("study")
 
 
 # --- the interval ------------------------------------------------------------------------------
@@ -326,9 +320,7 @@ def test_the_demo_summary_prints_the_kept_findings(tmp_path, monkeypatch):
 
 
 def test_study_shortcuts_reads_each_cell_of_the_counterfactual_report():
-    spec = importlib.util.spec_from_file_location("study_shortcuts", REPO / "experiments" / "study_shortcuts.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_experiment("study_shortcuts")
     cells = {f"lesion={l},marker={m},hardware={h}": {"lesion": 0.1 * l + 0.01 * m, "hardware": 0.2 * h + 0.05 * l}
              for l in (0, 1) for m in (0, 1) for h in (0, 1)}
     report = {"hardware": {"effect_normal": 0.3}, "marker": {"effect_normal": 0.1}, "lesion_auroc": {"pooled": 0.9},
