@@ -131,6 +131,20 @@ def binarise(maps: np.ndarray, thresholds: np.ndarray, convention: str) -> np.nd
     return scoremap_u8[:, None] > cut[:, :, None, None]
 
 
+def _outer_boxes(extents: np.ndarray, h: int, w: int) -> np.ndarray:
+    """wsolevaluation's box of a component with inclusive extents (K, 4): boundingRect's exclusive
+    end used as an inclusive coordinate, one pixel more, clipped to the image."""
+    return np.stack([extents[:, 0], extents[:, 1], np.minimum(extents[:, 2] + 1, h - 1),
+                     np.minimum(extents[:, 3] + 1, w - 1)], axis=1)
+
+
+def _hole_boxes(extents: np.ndarray, h: int, w: int) -> np.ndarray:
+    """wsolevaluation's box of a hole with inclusive extents (K, 4): OpenCV traces a hole's border
+    on the foreground around it, one pixel out on every side, then the same exclusive end."""
+    return np.stack([extents[:, 0] - 1, extents[:, 1] - 1, np.minimum(extents[:, 2] + 2, h - 1),
+                     np.minimum(extents[:, 3] + 2, w - 1)], axis=1)
+
+
 def candidate_boxes(binary: np.ndarray, convention: str) -> tuple[np.ndarray, np.ndarray]:
     """Every box a thresholded map proposes, per plane of `binary` (..., H, W).
 
@@ -142,17 +156,14 @@ def candidate_boxes(binary: np.ndarray, convention: str) -> tuple[np.ndarray, np
     if convention == "clean":
         return plane, boxes
     h, w = binary.shape[-2:]
-    # boundingRect's exclusive end used as an inclusive coordinate: one pixel more, clipped.
-    outer = np.stack([boxes[:, 0], boxes[:, 1], np.minimum(boxes[:, 2] + 1, h - 1),
-                      np.minimum(boxes[:, 3] + 1, w - 1)], axis=1)
+    outer = _outer_boxes(boxes, h, w)
     # Label the background only where a plane has holes (most thresholded smooth maps have none).
     components = np.zeros(binary.shape[:-2], np.int64)
     np.add.at(components, tuple(plane.T), 1)
     holed = np.argwhere(components - euler_number(binary) > 0)  # (P, ndim - 2)
     hole_index, holes = hole_extents(binary[tuple(holed.T)])
     hole_plane = holed[hole_index[:, 0]].reshape(-1, binary.ndim - 2)
-    hole_boxes = np.stack([holes[:, 0] - 1, holes[:, 1] - 1, np.minimum(holes[:, 2] + 2, h - 1),
-                           np.minimum(holes[:, 3] + 2, w - 1)], axis=1)
+    hole_boxes = _hole_boxes(holes, h, w)
     empty_plane = np.argwhere(~binary.any(axis=(-2, -1)))
     empty_boxes = np.zeros((len(empty_plane), 4), np.int64)
     return (np.concatenate([plane, hole_plane, empty_plane]).astype(np.int64),
@@ -288,13 +299,11 @@ def wsolevaluation_boxes_all_thresholds(maps: np.ndarray, thresholds) -> tuple[n
         level_keys = level_image * 1024 + level_value + 2
         first_level = np.searchsorted(level_keys, np.arange(len(images))[:, None] * 1024 + np.arange(-1, 257) + 2)
         outer_level, outer = _run_components(u[images], first_level, foreground=True)
-        outer = np.stack([outer[:, 0], outer[:, 1], np.minimum(outer[:, 2] + 1, h - 1),
-                          np.minimum(outer[:, 3] + 1, w - 1)], axis=1)
+        outer = _outer_boxes(outer, h, w)
         hole_level, holes = _run_components(u[images], first_level, foreground=False)
         inside = (holes[:, 0] > 0) & (holes[:, 1] > 0) & (holes[:, 2] < h - 1) & (holes[:, 3] < w - 1)
         hole_level, holes = hole_level[inside], holes[inside]
-        holes = np.stack([holes[:, 0] - 1, holes[:, 1] - 1, np.minimum(holes[:, 2] + 2, h - 1),
-                          np.minimum(holes[:, 3] + 2, w - 1)], axis=1)
+        holes = _hole_boxes(holes, h, w)
         peak = u[images].max(axis=(1, 2))
         empty_level = np.flatnonzero(level_value >= peak[level_image])   # nothing above the cut
         box_level = np.concatenate([outer_level, hole_level, empty_level])
