@@ -5,7 +5,7 @@ holds only where the paired differences over seeds say so. The study's findings 
 the package as data (`FINDINGS_FILE`, written from a finished study by
 ``python experiments/study.py --preset demo --workdir W --export-findings``):
 
-    export(study_json, recipe(config))     # {"recipe", "seeds", "paired", "written", "source"}
+    export(study_json, recipe(config))     # {"recipe", "seeds", "runs", "seconds", "paired", "source", "written"}
     supported_lines(config)                # the differences whose 95 % interval excludes 0
 
 `supported_lines` answers only for the recipe the study ran (`recipe`: the config fields a result
