@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pcam_jax.data import clinician_labels
 from pcam_jax.labelling import acquisition, selection
 
 
@@ -64,20 +65,20 @@ def test_rank_orders_by_score_then_path_and_keeps_n(tmp_path):
     rows = selection.rank(["c", "a", "b", "d"], np.array([0.5, 0.9, 0.5, 0.1]), 3)
     assert rows == [("a", 0.9, 1), ("b", 0.5, 2), ("c", 0.5, 3)]
     selection.write_list(rows, tmp_path / "list.csv")
-    assert selection.read_list(tmp_path / "list.csv") == ["a", "b", "c"]
+    assert clinician_labels.read_list(tmp_path / "list.csv") == ["a", "b", "c"]
 
 
 def test_read_list_errors_name_the_file_and_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="pcam-jax select"):
-        selection.read_list(tmp_path / "absent.csv")
+        clinician_labels.read_list(tmp_path / "absent.csv")
     bad = tmp_path / "bad.csv"
     bad.write_text("file,score\nx,1\n")
     with pytest.raises(ValueError, match=r"bad.csv: .*'path'"):
-        selection.read_list(bad)
+        clinician_labels.read_list(bad)
     twice = tmp_path / "twice.csv"
     twice.write_text("path\nx\nx\n")
     with pytest.raises(ValueError, match="listed twice"):
-        selection.read_list(twice)
+        clinician_labels.read_list(twice)
 
 
 def test_a_model_acquisition_scores_as_its_pure_function_on_the_models_maps():

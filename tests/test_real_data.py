@@ -287,3 +287,38 @@ def test_fracatlas_stage3_set_is_the_seeded_choice_among_masked_train_images(cap
     config.stage3.lesion_labels = "labels.json"
     with pytest.raises(ValueError, match="num_labelled"):
         clinician_labels.training_records(config, records, None)
+
+
+def test_fracatlas_stage3_set_can_be_the_top_of_a_ranked_list(tmp_path, capsys):
+    """config.stage3.labelled_list: the first num_labelled listed masked train images, in rank order
+    (not file order); a listed image that is no masked train image fails by name, or is dropped."""
+    from pcam_jax.configs import get_config
+    from pcam_jax.data import pipeline
+
+    tf = pipeline.tf
+    paths = [f"images/{'Fractured' if n % 3 else 'Non_fractured'}/IMG{n:07d}.jpg" for n in range(30)]
+    records = tf.data.Dataset.from_tensor_slices(
+        {"path": paths, "has_mask": ["/Fractured/" in p for p in paths], "lesion_labelled": [False] * 30})
+    ranked = [paths[n] for n in (29, 4, 17, 1, 22, 8)]              # all fractured (n % 3 != 0)
+    listing = tmp_path / "selected.csv"
+    listing.write_text("path,score,rank\n" + "".join(f"{p},{1 - r / 10},{r + 1}\n" for r, p in
+                                                     reversed(list(enumerate(ranked)))))
+    config = get_config("fracatlas")
+    config.stage3.num_labelled, config.stage3.labelled_list = 4, str(listing)
+    clinician_labels.check_config(config)
+    marked = {r["path"].decode() for r in clinician_labels.training_records(config, records, None)
+              .as_numpy_iterator() if r["lesion_labelled"]}
+    assert marked == set(ranked[:4])
+    assert f"4 of 20 masked train images labelled for stage 3 (num_labelled=4, the first of {listing})" \
+        in capsys.readouterr().out
+    listing.write_text(f"path,rank\n{paths[3]},1\n{ranked[0]},2\n{ranked[1]},3\n")  # IMG0000003: not fractured
+    with pytest.raises(clinician_labels.LabelMatchError, match=r"selected.csv: 1 listed .*IMG0000003"):
+        clinician_labels.training_records(config, records, None)
+    config.stage3.unmatched_labels = "drop"
+    marked = {r["path"].decode() for r in clinician_labels.training_records(config, records, None)
+              .as_numpy_iterator() if r["lesion_labelled"]}
+    assert marked == set(ranked[:2]) and "1 listed non-train or unmasked images skipped" in capsys.readouterr().out
+    synthetic = get_config("synthetic")
+    synthetic.stage3.labelled_list = str(listing)
+    with pytest.raises(ValueError, match="pcam-jax label --list"):
+        clinician_labels.check_config(synthetic)

@@ -15,7 +15,8 @@ from pcam_jax.cli import flags
 
 
 def main(argv):
-    from pcam_jax.labelling import app as app_lib, images as images_lib, selection, store as store_lib
+    from pcam_jax.data import clinician_labels
+    from pcam_jax.labelling import app as app_lib, images as images_lib, store as store_lib
 
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {' '.join(argv[1:])!r} (flags only)")
@@ -24,7 +25,7 @@ def main(argv):
     out = pathlib.Path(flags.OUT.value)
     if out.suffix.lower() != ".json":
         raise ValueError(f"--out {out}: the labels are COCO JSON; name a .json file")
-    paths = selection.read_list(flags.LIST.value)
+    paths = clinician_labels.read_list(flags.LIST.value)
     run, suggest = None, None
     if flags.WORKDIR.value:
         from pcam_jax.cli.select import load_run

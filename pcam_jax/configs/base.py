@@ -103,6 +103,8 @@ def get_config() -> ml_collections.ConfigDict:
         unmatched_labels="error",     # a label naming no train image: "error" | "drop"
         num_labelled=100,             # fracatlas (masks of its own): masked train images stage 3 sees,
         labelled_seed=0,              # chosen by a seeded hash (pcam_jax/data/fracatlas.py); -1: all
+        labelled_list="",             # fracatlas: or the first num_labelled of this ranked CSV (what
+                                      # `pcam-jax select` writes): its own masks label what was chosen
         # Normal train images (label 0: no lesion, so an empty mask, no clinician needed) appended
         # to each labelled batch: they tell L3 that hardware, casts and markers are not lesions
         # (pcam_jax/data/normal_images.py; measured: docs/RESULTS.md section 8). 0: the paper's L3.

@@ -20,15 +20,20 @@ Records get their masks through `pcam_jax.data.pipeline.attach_lesion_masks`.
 from __future__ import annotations
 
 import collections
+import csv
+import difflib
 import hashlib
+import pathlib
 
 from pcam_jax.data import lesions
 
 UNMATCHED_POLICIES = ("error", "drop")
 NEEDS_LABELS = ("mura", "folder")  # datasets without masks of their own
 # Datasets whose records carry every mask; stage 3's few are chosen when the train split is read:
-# config.stage3.num_labelled images by the seeded rule `fracatlas.labelled_paths` (labelled_seed).
+# config.stage3.num_labelled images by the seeded rule `fracatlas.labelled_paths` (labelled_seed),
+# or the first num_labelled of a ranked list (config.stage3.labelled_list; `pcam-jax select` writes it).
 CHOOSES_LABELLED = ("fracatlas",)
+LIST_COLUMNS = ("path", "score", "rank")   # a ranked image list, as `pcam-jax select` writes it
 _LISTED = 3
 
 
@@ -42,6 +47,29 @@ def parse_sources(value) -> tuple[str, ...]:
         return ()
     items = value.split(",") if isinstance(value, str) else list(value)
     return tuple(str(s).strip() for s in items if str(s).strip())
+
+
+def read_list(path) -> list[str]:
+    """The image paths of a ranked list CSV, in rank order (a ``rank`` column sorts them, else file order)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image list {path} does not exist; write one with `pcam-jax select --out {path}`")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if "path" not in (reader.fieldnames or []):
+            raise ValueError(f"{path}: the first row must name the columns, one of them 'path' "
+                             f"(as `pcam-jax select` writes: {','.join(LIST_COLUMNS)})")
+        rows = [row for row in reader if (row.get("path") or "").strip()]
+    try:
+        rows.sort(key=lambda row: int(row["rank"])) if rows and "rank" in rows[0] else None
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: the rank column must hold integers: {e}") from e
+    paths = [row["path"].strip() for row in rows]
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"{path}: an image is listed twice; list each path once")
+    if not paths:
+        raise ValueError(f"{path}: lists no image")
+    return paths
 
 
 def _policy(config, section: str) -> str:
@@ -58,6 +86,12 @@ def check_config(config, needs_labelled: bool = False) -> None:
     train_sources = parse_sources(config.stage3.lesion_labels)
     eval_sources = parse_sources(config.eval.lesion_labels)
     _policy(config, "stage3"), _policy(config, "eval")
+    if config.stage3.labelled_list and config.data.dataset not in CHOOSES_LABELLED:
+        raise ValueError(
+            f"config.stage3.labelled_list picks stage 3's images among the dataset's own masks, and "
+            f"dataset {config.data.dataset!r} has none: label the list's images with `pcam-jax label "
+            f"--list {config.stage3.labelled_list} --out labels.json` and pass "
+            f"--config.stage3.lesion_labels=labels.json instead.")
     if needs_labelled and not train_sources and config.data.dataset in NEEDS_LABELS:
         raise ValueError(
             f"stage 3 needs lesion labels, and dataset {config.data.dataset!r} has none of its own: "
@@ -118,21 +152,47 @@ def match(sources, sizes_by_split: dict[str, dict], *, use: tuple[str, ...], fie
 
 def chosen_labelled(config, train_records):
     """Train records of a `CHOOSES_LABELLED` dataset with lesion_labelled True on the
-    ``config.stage3.num_labelled`` masked images the seeded rule picks; prints how many."""
+    ``config.stage3.num_labelled`` masked images chosen (all when < 0): the first of
+    ``config.stage3.labelled_list`` (a ranked list: the dataset's masks label what an acquisition
+    function chose), else those the seeded rule picks (`fracatlas.labelled_paths`, labelled_seed).
+    Prints how many and by which rule."""
     from pcam_jax.data import fracatlas, pipeline
 
     tf = pipeline.tf
     masked = [p.decode() for p, has in train_records.map(lambda r: (r["path"], r["has_mask"]))
               .as_numpy_iterator() if has]
     n, seed = int(config.stage3.num_labelled), int(config.stage3.labelled_seed)
-    chosen = sorted(fracatlas.labelled_paths(masked, n, seed))
+    if config.stage3.labelled_list:
+        chosen, rule = listed_first(config.stage3.labelled_list, masked, n, _policy(config, "stage3"))
+    else:
+        chosen, rule = sorted(fracatlas.labelled_paths(masked, n, seed)), f"labelled_seed={seed}"
     if not chosen:
         raise LabelMatchError(f"config.stage3.num_labelled={n}: no masked train image to label.")
     print(f"config.stage3: {len(chosen)} of {len(masked)} masked train images labelled for stage 3 "
-          f"(num_labelled={n}, labelled_seed={seed})", flush=True)
+          f"(num_labelled={n}, {rule})", flush=True)
     table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
         tf.constant(chosen), tf.ones(len(chosen), tf.bool)), default_value=False)
     return train_records.map(lambda r: {**r, "lesion_labelled": table.lookup(r["path"])})
+
+
+def listed_first(list_path, masked: list[str], n: int, unmatched: str = "error") -> tuple[list[str], str]:
+    """(the first ``n`` listed paths that are masked train images (all when n < 0), the rule in words).
+
+    A listed path that is not one (another split, no mask, a typo) fails under ``unmatched="error"``
+    with the first few named and the nearest masked path, or is skipped under ``"drop"``."""
+    listed, known = read_list(list_path), set(masked)
+    unknown = [p for p in listed if p not in known]
+    if unknown and unmatched == "error":
+        hint = difflib.get_close_matches(unknown[0], masked, n=1)
+        raise LabelMatchError(
+            f"{list_path}: {len(unknown)} listed image(s) are not masked train images: "
+            f"{'; '.join(unknown[:_LISTED])}{'; ...' if len(unknown) > _LISTED else ''}"
+            f"{f' (nearest: {hint[0]!r})' if hint else ''}. List train images only (`pcam-jax select` "
+            f"does), or set --config.stage3.unmatched_labels=drop to skip them.")
+    usable = [p for p in listed if p in known]
+    chosen = usable if n < 0 else usable[:n]
+    dropped = f", {len(unknown)} listed non-train or unmasked images skipped" if unknown else ""
+    return chosen, f"the first of {list_path}{dropped}"
 
 
 def training_records(config, train_records, model_selection_records):

@@ -21,7 +21,6 @@ import numpy as np
 from pcam_jax.data import clinician_labels, lesions
 from pcam_jax.labelling import acquisition
 
-LIST_COLUMNS = ("path", "score", "rank")
 
 
 def excluded_paths(config, exclude=()) -> set[str]:
@@ -33,7 +32,7 @@ def excluded_paths(config, exclude=()) -> set[str]:
     paths = set()
     for source in sources:
         if _is_list(source):
-            paths |= set(read_list(source))
+            paths |= set(clinician_labels.read_list(source))
         elif pathlib.Path(source).suffix.lower() == ".json":  # every image decided there, "no lesion" too
             paths |= lesions.label_paths(source) | _coco_images(source)
         else:
@@ -112,28 +111,5 @@ def write_list(rows, out) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(LIST_COLUMNS)
+        writer.writerow(clinician_labels.LIST_COLUMNS)
         writer.writerows((p, f"{s:.6g}", r) for p, s, r in rows)
-
-
-def read_list(path) -> list[str]:
-    """The image paths of a selection CSV, in rank order (a ``rank`` column sorts them, else file order)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image list {path} does not exist; write one with `pcam-jax select --out {path}`")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if "path" not in (reader.fieldnames or []):
-            raise ValueError(f"{path}: the first row must name the columns, one of them 'path' "
-                             f"(as `pcam-jax select` writes: {','.join(LIST_COLUMNS)})")
-        rows = [row for row in reader if (row.get("path") or "").strip()]
-    try:
-        rows.sort(key=lambda row: int(row["rank"])) if rows and "rank" in rows[0] else None
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: the rank column must hold integers: {e}") from e
-    paths = [row["path"].strip() for row in rows]
-    if len(set(paths)) != len(paths):
-        raise ValueError(f"{path}: an image is listed twice; list each path once")
-    if not paths:
-        raise ValueError(f"{path}: lists no image")
-    return paths
