@@ -41,6 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.stage3.num_labelled = 100
     # hard_background stays 0: with 0.01 (the synthetic preset's) the decoder settles at ~0.33 on
     # fractures and on the hardest background alike; model_selection pointing game 0.43 against 0.47
+    # normal_images_per_batch stays 0: with 8 the decoder paints less but points worse on seed 0's
+    # model_selection (pointing game 0.46/0.49 against 0.57/0.56 at epochs 3/4; docs/RESULTS.md section 6)
     c.stage4.num_epochs = 4                  # the segmenter sees the labelled images as often as stage 3
     c.train.log_every_steps = 20
     c.train.image_summary_every_steps = 200
