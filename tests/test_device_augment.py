@@ -81,6 +81,24 @@ def test_uint8_cache_holds_the_host_decode_and_is_rebuilt_when_stale(tmp_path):
     np.testing.assert_array_equal(rebuilt.images[:], cache.images[:])
 
 
+def test_fracatlas_train_cache_key_follows_how_stage_3_chooses_its_labelled_images(tmp_path):
+    """The cache stores lesion_labelled: N, the seed and a ranked list's contents all choose it, so each
+    is in the key (a list once left out made a run silently train on another run's chosen images)."""
+    config = configs.get_config("fracatlas")
+    key = lambda: uint8_cache.cache_key(config, "train", 10)["lesion_labels"]
+    seeded = key()
+    config.stage3.labelled_seed = 1
+    assert key() != seeded
+    listing = tmp_path / "ranked.csv"
+    listing.write_text("path,rank\na.jpg,1\nb.jpg,2\n")
+    config.stage3.labelled_list = str(listing)
+    first = key()
+    assert first != uint8_cache.cache_key(configs.get_config("fracatlas"), "train", 10)["lesion_labels"]
+    listing.write_text("path,rank\nb.jpg,1\na.jpg,2\n")           # same images, another order: another choice
+    assert key() != first
+    assert uint8_cache.cache_key(config, "test", 10)["lesion_labels"] == ""   # only train stores the choice
+
+
 def test_uint8_streams_resume_split_processes_and_cycle_labelled(tmp_path):
     config = cache_config()
     records = make_records(12, labelled=(0, 5, 9))

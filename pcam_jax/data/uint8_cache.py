@@ -73,12 +73,19 @@ class SplitCache:
 def lesion_labels_fingerprint(config) -> str:
     """A hash of ``config.stage3.lesion_labels`` (names and contents of every file, how unmatched
     entries are treated): the masks they join into the train split are stored in its cache.
-    ``""`` without labels."""
+    ``""`` without labels. A dataset with its own masks: how its N are chosen (N, the seed, and the
+    contents of ``config.stage3.labelled_list`` where one is set)."""
     from pcam_jax.data import clinician_labels
 
     sources = clinician_labels.parse_sources(config.stage3.lesion_labels)
     if config.data.dataset in clinician_labels.CHOOSES_LABELLED:  # its own masks, N chosen when read
-        return f"num_labelled={int(config.stage3.num_labelled)},seed={int(config.stage3.labelled_seed)}"
+        chosen = f"num_labelled={int(config.stage3.num_labelled)},seed={int(config.stage3.labelled_seed)}"
+        if config.stage3.labelled_list:   # or the first N of a ranked list: its contents choose
+            listed = pathlib.Path(config.stage3.labelled_list).expanduser()
+            digest = hashlib.sha256(str(config.stage3.unmatched_labels).encode())
+            digest.update(listed.read_bytes() if listed.is_file() else b"\0missing\0")
+            chosen += f",list={digest.hexdigest()[:16]}"
+        return chosen
     if not sources:
         return ""
     digest = hashlib.sha256(str(config.stage3.unmatched_labels).encode())
