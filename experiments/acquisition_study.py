@@ -1,6 +1,8 @@
-"""The acquisition study of issue 23 (item 4) on the synthetic world, one command, resumable:
+"""The acquisition study of issue 23 (item 4), on the synthetic world and on FracAtlas, one command each, resumable:
 
     nice python experiments/acquisition_study.py --workdir work/acquisition [--seeds 0,1,2]
+    nice python experiments/acquisition_study.py --workdir work/acquisition --fracatlas_runs 'fa/run{seed}' \
+        [--functions random,uncertainty] [--budgets 30,100,10]
 
 Per seed: a synthetic world (pcam_jax.study's ``small`` preset, shortcuts on, no built-in labelled
 images) and stages 1 and 2 trained once; every acquisition function of
@@ -11,6 +13,15 @@ map is scored on the test split's lesion images: PxAP and pointing game (15 px a
 Results go to <workdir>/results.jsonl, one line per run; a run already there is skipped.
 ``--report`` writes <workdir>/acquisition.md (table) and acquisition.png (curves) from them.
 Nothing is chosen on test: the functions, budgets and recipe are fixed beforehand.
+
+``--fracatlas_runs TEMPLATE``: the FracAtlas arm. Each seed's run (TEMPLATE with ``{seed}``; trained
+with `pcam-jax train --config fracatlas --config.seed=S --config.stage3.labelled_seed=S`) gives stages
+1-2 and stage 3's recipe (its stage-3 config); each function ranks its fractured train images from
+stage 2's best checkpoint (where stage 3 starts) into ``ranking_FUNCTION.csv``, and stage 3 is
+retrained with that recipe from the first N
+(``config.stage3.labelled_list``: FracAtlas's own masks are the oracle); ``random`` is the preset's own
+seeded rule (``labelled_seed``), so the run's own stage 3 is that cell where its recipe is the same
+(checked field by field) and is scored instead of retrained. Rows carry ``"dataset": "fracatlas"``.
 """
 
 from __future__ import annotations
@@ -44,21 +55,27 @@ def base_config(seed: int, workdir: pathlib.Path):
         config.seed = seed
         config.synthetic.seed = seed
         config.synthetic.num_labelled = 0   # every abnormal train image is a candidate
+        # Today's stage-3 recipe without hard_background: at this preset's size (80 stage-3 steps from
+        # 30 labels) it kills the balanced-MSE decoder (seed 0: L3 stuck at 0.25, the value of a decoder
+        # at 0 everywhere, from step 20 with normal images too; at 0.35 with it alone), while with
+        # the normal images alone or neither L3 falls to 0.03-0.06 (docs/RESULTS.md section 7)
+        config.stage3.hard_background = 0.0
         config.data.data_dir = str((workdir / "data").absolute())
     return config
 
 
-def train_masks(config) -> dict:
-    """{path: uint8 (H, W)} lesion masks of the abnormal train images (the oracle)."""
+def train_masks(config, keep_masks: bool = True) -> dict:
+    """{path: uint8 (H, W)} lesion masks of the abnormal train images (the oracle); with
+    ``keep_masks=False`` {path: lesion pixels} (FracAtlas: full-size masks, counted, not kept)."""
     from pcam_jax.data import pipeline
 
     tf = pipeline.tf
-    records = pipeline.load_records(config, "train").filter(lambda r: tf.equal(r["label"], 1))
+    records = pipeline.load_records(config, "train").filter(lambda r: tf.logical_and(tf.equal(r["label"], 1), r["has_mask"]))
     out = {}
     for path, mask in records.map(lambda r: (r["path"], r["lesion_mask"])).as_numpy_iterator():
         mask = tf.io.decode_png(mask).numpy()[..., 0] if isinstance(mask, bytes) else np.asarray(mask)[..., 0]
         if mask.any():
-            out[path.decode()] = mask
+            out[path.decode()] = mask if keep_masks else int(np.count_nonzero(mask))
     return out
 
 
@@ -104,21 +121,84 @@ def prepare_seed(seed: int, workdir: pathlib.Path) -> dict:
             "run2": load(base, stage=2, which="latest"), "records": selection.candidate_records(config, set())}
 
 
+def ranked_paths(world: dict, function: str, ranking: pathlib.Path) -> list[str]:
+    """``function``'s ranking of the world's candidates (scored once, then read from ``ranking``)."""
+    from pcam_jax.data import clinician_labels
+    from pcam_jax.labelling import selection
+
+    if not ranking.is_file():
+        methods = DISAGREEMENT_METHODS if function == "map_disagreement" else None
+        paths, scores = selection.score_candidates(world["run2"], world["records"], function, methods=methods,
+                                                   seed=world["seed"], progress=False)
+        selection.write_list(selection.rank(paths, scores, len(paths)), ranking)
+    return clinician_labels.read_list(ranking)
+
+
+def fracatlas_world(seed: int, runs: str) -> dict:
+    """The seed's FracAtlas run (stages 1-2 trained), its config, candidates and oracle."""
+    from pcam_jax import load
+    from pcam_jax.labelling import selection
+
+    from pcam_jax.training import checkpointing
+
+    base = pathlib.Path(runs.format(seed=seed))
+    run2 = load(base, stage=2, which="best")   # where the loop starts stage 3
+    # the recipe: the run's own stage 3's config where it has one (its stage 2 saved the config of its day)
+    config = (load(base, stage=3, which="latest") if checkpointing.stage_directory(base, 3).is_dir() else run2).config
+    if config.data.dataset != "fracatlas":
+        raise ValueError(f"{base}: a {config.data.dataset!r} run; --fracatlas_runs names FracAtlas runs")
+    return {"seed": seed, "config": config, "base": base, "run2": run2, "dataset": "fracatlas",
+            "oracle": train_masks(config, keep_masks=False), "records": selection.candidate_records(config, set())}
+
+
+def fracatlas_run_one(world: dict, function: str, budget: int, workdir: pathlib.Path) -> dict:
+    """Stage 3 (the seed run's recipe) from the first ``budget`` fractures of ``function``'s list; scored."""
+    from pcam_jax import configs, load
+    from pcam_jax import study as study_lib
+    from pcam_jax.data import clinician_labels, fracatlas
+    from pcam_jax.training import checkpointing, loop, reporting
+
+    seed, config, base, oracle = world["seed"], world["config"], world["base"], world["oracle"]
+    t0 = time.time()
+    out = workdir / "fracatlas" / f"seed{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    config3 = config.copy_and_resolve_references()
+    with config3.unlocked():
+        config3.stage3.num_labelled, config3.stage3.labelled_seed, config3.stage3.labelled_list = budget, seed, ""
+    if function == "random":   # the preset's own seeded rule
+        chosen = sorted(fracatlas.labelled_paths(list(oracle), budget, seed))
+    else:
+        ranking = out / f"ranking_{function}.csv"
+        chosen = [p for p in ranked_paths(world, function, ranking) if p in oracle][:budget]
+        with config3.unlocked():
+            config3.stage3.labelled_list = str(ranking.absolute())
+    run_dir = out / f"{function}_{budget}"
+    own = checkpointing.stage_directory(base, 3)
+    if function == "random" and own.is_dir() and not checkpointing.config_differences(
+            configs.to_json_dict(load(base, stage=3, which="latest").config), configs.to_json_dict(config3), 3):
+        run_dir = base   # the seed's own run is this cell: scored, not retrained
+    else:
+        for stage in (1, 2):
+            study_lib.copy_stage(base, run_dir, stage)
+        reporter = reporting.Reporter(run_dir, tensorboard=False)
+        try:
+            loop.train_and_evaluate(config3, run_dir, (3,), reporter=reporter)
+        finally:
+            reporter.close()
+    return {"dataset": "fracatlas", "seed": seed, "function": function, "labels": len(chosen), "run": str(run_dir),
+            **score_decoder(run_dir, config), "lesion_pixels": int(sum(oracle[p] for p in chosen)),
+            "seconds": round(time.time() - t0, 1)}
+
+
 def run_one(world: dict, function: str, budget: int, workdir: pathlib.Path) -> dict:
     """Stage 3 from the top ``budget`` images of ``function``'s list, labelled by the oracle; scored."""
     from pcam_jax import study as study_lib
-    from pcam_jax.labelling import selection, store
+    from pcam_jax.labelling import store
     from pcam_jax.training import loop, reporting
 
     seed, config, base, oracle = world["seed"], world["config"], world["base"], world["oracle"]
     t0 = time.time()
-    ranking = base / f"ranking_{function}.json"
-    if not ranking.is_file():
-        methods = DISAGREEMENT_METHODS if function == "map_disagreement" else None
-        paths, scores = selection.score_candidates(world["run2"], world["records"], function, methods=methods,
-                                                   seed=seed, progress=False)
-        ranking.write_text(json.dumps([p for p, _, _ in selection.rank(paths, scores, len(paths))]))
-    chosen = [p for p in json.loads(ranking.read_text()) if p in oracle][:budget]
+    chosen = [p for p in ranked_paths(world, function, base / f"ranking_{function}.csv") if p in oracle][:budget]
     run_dir = workdir / f"seed{seed}" / f"{function}_{budget}"
     labels = run_dir / "labels.json"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -197,26 +277,36 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--functions", default=",".join(FUNCTIONS))
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
-    parser.add_argument("--report", action="store_true", help="only write acquisition.md/.png from results.jsonl")
+    parser.add_argument("--fracatlas_runs", default="",
+                        help="the FracAtlas arm: each seed's trained run, e.g. 'runs/fa{seed}' (results in WORKDIR/fracatlas)")
+    parser.add_argument("--report", action="store_true",
+                        help="only write acquisition.md/.png from results.jsonl (and WORKDIR/fracatlas's, if there)")
     args = parser.parse_args(argv)
+    workdir = pathlib.Path(args.workdir)
     if args.report:
-        print(report(pathlib.Path(args.workdir) / "results.jsonl", pathlib.Path(args.workdir)))
+        for out_dir in (workdir, workdir / "fracatlas"):
+            if (out_dir / "results.jsonl").is_file():
+                print(f"{out_dir}:\n{report(out_dir / 'results.jsonl', out_dir)}")
         return 0
     from pcam_jax import runtime
 
     runtime.configure()
-    workdir = pathlib.Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    results = workdir / "results.jsonl"
+    out_dir = workdir / "fracatlas" if args.fracatlas_runs else workdir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = out_dir / "results.jsonl"
     done = _done(results)
     budgets = [int(b) for b in args.budgets.split(",")]
-    worlds = [prepare_seed(int(seed), workdir) for seed in args.seeds.split(",")]
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    if args.fracatlas_runs:
+        worlds, run = [fracatlas_world(seed, args.fracatlas_runs) for seed in seeds], fracatlas_run_one
+    else:
+        worlds, run = [prepare_seed(seed, workdir) for seed in seeds], run_one
     for budget in budgets:  # every seed of a budget before the next budget: a cut run still pairs seeds
         for world in worlds:
             for function in args.functions.split(","):
                 if (world["seed"], function, budget) in done:
                     continue
-                row = run_one(world, function, budget, workdir)
+                row = run(world, function, budget, workdir)
                 with results.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 done[(world["seed"], function, budget)] = row
