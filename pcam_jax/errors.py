@@ -74,6 +74,19 @@ class DeadTrainingError(TrainingStoppedError):
             "turns the check off.")
 
 
+class DeadDecoderError(DeadTrainingError):
+    """The lesion decoder saturated at 0 on every labelled pixel (`guards.DeadDecoderGuard`): L3 can no
+    longer teach it, while the classifier trains on; the stage would end with a blank lesion map."""
+
+    def __init__(self, stage: int, step: int, last_good_step: int | None, directory, reason: str):
+        self.reason = reason
+        TrainingStoppedError.__init__(
+            self, stage, step, last_good_step, directory, f"the lesion decoder died ({reason})",
+            "Start the stage again in a new --workdir with config.stage3.lesion_loss=balanced_bce (its "
+            "gradient does not vanish at 0), config.stage3.hard_background=0, or a lower "
+            "config.optimizer.learning_rate; config.train.dead_gradient_steps=0 turns the check off.")
+
+
 class Interrupted(Exception):
     """SIGTERM/SIGINT stopped training after a step; a checkpoint of that step was written."""
 

@@ -315,6 +315,40 @@ def test_dead_gradient_guard_against_hand_computed_cases():
     assert guards.DeadGradientGuard(steps=0).update(1, 0.0) is None   # off
 
 
+def test_dead_decoder_guard_against_hand_computed_cases():
+    guard = guards.DeadDecoderGuard(steps=3, floor=1e-3)
+    outputs = [1e-4, 2e-15, 0.4, 0.0, 9e-4]                            # the run broken at step 3 (0.4)
+    assert [guard.update(i, d) for i, d in enumerate(outputs, 1)] == [None] * 5
+    assert "below 0.001 on every labelled pixel for the 3 steps to step 6" in guard.update(6, 1e-3 - 1e-9)
+    assert guards.DeadDecoderGuard(steps=1).update(1, 1e-3) is None     # at the floor is alive: below it counts
+    assert guards.DeadDecoderGuard(steps=0).update(1, 0.0) is None     # off
+
+
+def test_a_stage_whose_decoder_dies_stops_naming_the_step_and_the_fix(tmp_path, monkeypatch):
+    # Stage 4 (L3 alone, no earlier stage needed); the step is the real one, only its reported decoder
+    # output is scaled to 0, as a saturated decoder's is, while its gradient stays non-zero.
+    from pcam_jax.training import steps as steps_lib
+
+    real = steps_lib.make_train_step
+
+    def dead(*args, **kwargs):
+        step = real(*args, **kwargs)
+        return lambda state, *batches: (lambda out: (out[0], {**out[1], "decoder_max": out[1]["decoder_max"] * 0}))(
+            step(state, *batches))
+
+    monkeypatch.setattr(steps_lib, "make_train_step", dead)
+    config = run_config(**{"train.checkpoint_every_steps": 1, "train.log_every_steps": 1,
+                           "train.dead_gradient_steps": 3})
+    data = FakeData(config)
+    data.heldout_mask_batches = lambda limit: None   # no held-out masks: stage 4 keeps its latest
+    with pytest.raises(errors.DeadDecoderError) as error:
+        loop.train_and_evaluate(config, tmp_path, (4,), data=data, reporter=quiet_reporter(tmp_path))
+    stopped = error.value
+    assert stopped.step == 3 and errors.exit_status(stopped) == errors.EXIT_TRAINING_STOPPED
+    assert "lesion decoder died" in str(stopped) and "balanced_bce" in str(stopped)
+    assert max(checkpointing.StageCheckpoints(tmp_path, 4, read_only=True).manager.all_steps()) == 2
+
+
 def test_a_stage_whose_gradients_vanish_stops_naming_the_step(tmp_path, monkeypatch):
     # The step is the real one; only its reported gradient norm is 0, as a saturated decoder's is.
     from pcam_jax.training import steps as steps_lib

@@ -66,6 +66,7 @@ def test_stage1_step_learns_and_leaves_decoder_untouched(setup):
     first, last = history[0], history[-1]
     assert all(math.isfinite(v) for h in history for v in h.values())
     assert first["nonfinite"] == 0.0 and first["l2"] == 0.0 and first["l3"] == 0.0
+    assert "decoder_max" not in first   # no decoder is trained: nothing for the dead-decoder guard
     assert last["loss"] < first["loss"]  # six Adam steps on one batch fit it better
     # loss of the first step = class-weighted CE of the plain pass at the initial params
     logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0])(
@@ -230,6 +231,10 @@ def test_stage3_step_from_stage2_trains_the_decoder(setup):
     pred, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, method=models.PCAMNet.segment,
                                                mutable=["batch_stats"]))(variables, jnp.asarray(labelled["image"]))
     np.testing.assert_allclose(m["l3"], np.mean((np.asarray(pred) - labelled["mask"]) ** 2), rtol=1e-4)
+    np.testing.assert_allclose(m["decoder_max"], np.max(np.asarray(pred)), rtol=1e-5)   # guards.DeadDecoderGuard's input
+    labelled["has_mask"][:2] = False                                  # rows without a mask do not count
+    _, m = step(s0, device_batch(fake_batch(8)), device_batch(labelled))
+    np.testing.assert_allclose(float(m["decoder_max"]), np.max(np.asarray(pred)[2:]), rtol=1e-5)
     assert not _tree_equal(s1["params"]["decoder"], s0["params"]["decoder"])
     with pytest.raises(ValueError, match="labelled_batch"):
         steps.make_train_step(3, config, model)(s0, device_batch(fake_batch(8)))

@@ -134,7 +134,8 @@ def get_config() -> ml_collections.ConfigDict:
         divergence_loss_factor=100.0,
         divergence_window=50,
         divergence_norm_growth=1000.0,  # ... or the parameter norm this factor times its start
-        dead_gradient_steps=20,       # stop a stage whose gradient norm is exactly 0 this many steps running
+        dead_gradient_steps=20,       # stop a stage whose gradient norm is exactly 0 (or whose lesion decoder
+                                      # is below 1e-3 on every labelled pixel) this many steps running
     ))
 
     c.eval = ml_collections.ConfigDict(dict(

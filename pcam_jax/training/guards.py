@@ -21,6 +21,13 @@ is exactly 0 for ``steps`` consecutive steps has stopped learning for good (meas
 segmenter, stage 4 from scratch, whose sigmoid saturated at 0 in its first 40 steps and whose
 balanced-MSE loss then sat at 0.5 with a zero gradient to the end; docs/RESULTS.md section 6).
 
+`DeadDecoderGuard` watches the decoder's largest output on each step's labelled rows (stages with
+L3): a decoder below ``floor`` on every labelled pixel for ``steps`` consecutive steps has saturated
+at 0, where the balanced MSE's gradient ``2 (D - M) D (1 - D)`` vanishes; the classifier's losses
+keep the gradient alive, so `DeadGradientGuard` cannot see it (measured: the acquisition study's
+small synthetic preset with ``hard_background=0.01``, decoder output at most 1.6e-15 on test
+images after its 80 steps, L3 fixed at 0.25 from step 20; docs/RESULTS.md section 7).
+
 `StopOnSignals` turns the first SIGTERM/SIGINT into a request the loop reads between steps
 (`stop_requested`): it finishes the step in flight, saves a checkpoint and raises
 `pcam_jax.errors.Interrupted`. A second signal ends the process at once with the signal's
@@ -93,6 +100,21 @@ class DeadGradientGuard:
         self._zero_run = self._zero_run + 1 if grad_norm == 0.0 else 0
         if self.steps and self._zero_run >= self.steps:
             return f"the gradient norm was exactly 0 for the {self._zero_run} steps to step {step}"
+        return None
+
+
+class DeadDecoderGuard:
+    """``update(step, decoder_max) -> reason | None``: a reason once ``steps`` consecutive steps had
+    every labelled decoder output below ``floor`` (off at ``steps`` = 0)."""
+
+    def __init__(self, steps: int = 20, floor: float = 1e-3):
+        self.steps, self.floor, self._dead_run = max(int(steps), 0), float(floor), 0
+
+    def update(self, step: int, decoder_max: float) -> str | None:
+        self._dead_run = self._dead_run + 1 if decoder_max < self.floor else 0
+        if self.steps and self._dead_run >= self.steps:
+            return (f"the lesion decoder's output stayed below {self.floor:g} on every labelled pixel for the "
+                    f"{self._dead_run} steps to step {step}")
         return None
 
 

@@ -43,7 +43,7 @@ import jax
 import numpy as np
 
 from pcam_jax import configs, models
-from pcam_jax.errors import DeadTrainingError, DivergenceError, Interrupted, NonFiniteLossError
+from pcam_jax.errors import DeadDecoderError, DeadTrainingError, DivergenceError, Interrupted, NonFiniteLossError
 from pcam_jax.data import clinician_labels
 from pcam_jax.data.source import DataSource, PipelineData
 from pcam_jax.training import checkpointing, guards, mesh as mesh_lib, reporting, stages as stages_lib
@@ -117,6 +117,7 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
         pending: list[tuple[int, dict]] = []   # (step, device metrics) not yet checked
         guard = guards.DivergenceGuard.from_config(config.train)
         dead_guard = guards.DeadGradientGuard(int(config.train.dead_gradient_steps))
+        dead_decoder = guards.DeadDecoderGuard(int(config.train.dead_gradient_steps))
         guard.check_norm(float(state_lib.params_norm(state["params"])))   # the reference: the starting norm
         last_saved = start
         last_eval = None
@@ -135,6 +136,10 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
                 if dead is not None:
                     checkpoints.wait()
                     raise DeadTrainingError(stage, step, checkpoints.latest_step(), checkpoints.directory, dead)
+                dead = dead_decoder.update(step, float(values["decoder_max"])) if "decoder_max" in values else None
+                if dead is not None:
+                    checkpoints.wait()
+                    raise DeadDecoderError(stage, step, checkpoints.latest_step(), checkpoints.directory, dead)
                 reason = guard.update(step, float(values["loss"]))
                 if reason is None and step == pending[-1][0]:
                     reason = guard.check_norm(float(state_lib.params_norm(state["params"])))

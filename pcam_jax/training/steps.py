@@ -141,9 +141,11 @@ def make_loss_fn(stage: int | stages_lib.Stage, config: Any, model: PCAMNet) -> 
             loss = l3_weight * l3
         else:
             loss = losses.stage_loss(l1, l2, l3, lam, l3_weight)
-        aux = dict(batch_stats=updated["batch_stats"], accuracy_ema=accuracy_ema,
-                   metrics=dict(l1=l1, l2=l2, l3=l3, accuracy=batch_accuracy, confidence=lam,
-                                accuracy_ema=accuracy_ema))
+        metrics = dict(l1=l1, l2=l2, l3=l3, accuracy=batch_accuracy, confidence=lam, accuracy_ema=accuracy_ema)
+        if stage.uses("l3"):   # its largest output on the labelled rows: `guards.DeadDecoderGuard` reads it
+            rows = (labelled_batch["has_mask"] & labelled_batch["valid"])[:, None, None]
+            metrics["decoder_max"] = jnp.max(jnp.where(rows, lesion_map.astype(jnp.float32), 0.0))
+        aux = dict(batch_stats=updated["batch_stats"], accuracy_ema=accuracy_ema, metrics=metrics)
         return loss, aux
 
     return loss_fn
