@@ -241,8 +241,10 @@ def report(results: pathlib.Path, out_dir: pathlib.Path) -> str:
                 continue
             paired = [(r, cell.get((r["seed"], "random", budget))) for r in found]
             paired = [(r, q) for r, q in paired if q is not None]
-            stats = {m: mean_interval([r[m] for r in found]) for m in ("pxap", "pointing", "lesion_pixels")}
-            diff = {m: mean_interval([r[m] - q[m] for r, q in paired]) for m in ("pxap", "pointing")}
+            # t-intervals clipped to each metric's range (marked *): [0, 1], a difference [-1, 1]
+            stats = {m: mean_interval([r[m] for r in found], bounds=(0.0, 1.0)) for m in ("pxap", "pointing")}
+            stats["lesion_pixels"] = mean_interval([r["lesion_pixels"] for r in found])
+            diff = {m: mean_interval([r[m] - q[m] for r, q in paired], bounds=(-1.0, 1.0)) for m in ("pxap", "pointing")}
             curves.setdefault(function, []).append((budget, stats))
             show_diff = function != "random"
             lines.append(f"| {function} | {budget} | {len(found)} | {format_cell(stats['pxap'])} | "
@@ -253,8 +255,9 @@ def report(results: pathlib.Path, out_dir: pathlib.Path) -> str:
         for ax, metric in zip(axes, ("pxap", "pointing")):
             x = [b for b, _ in points]
             y = [p[metric]["mean"] for _, p in points]
-            err = [p[metric]["half_width"] or 0.0 for _, p in points]
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=function,
+            err = [[m - (p[metric]["low"] if p[metric]["low"] is not None else m) for m, (_, p) in zip(y, points)],
+                   [(p[metric]["high"] if p[metric]["high"] is not None else m) - m for m, (_, p) in zip(y, points)]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=function,   # the clipped interval
                         linestyle="--" if function == "random" else "-")
     for ax, title in zip(axes, ("decoder PxAP", "decoder pointing game")):
         ax.set_xscale("log")
