@@ -261,6 +261,15 @@ def test_the_demo_runs_the_recipe_of_the_demo_preset_study():
         changed.stage3.num_epochs += 1
         changed.data.data_dir = "/elsewhere"   # where the data lie is not part of the recipe
     assert findings._differs(findings.recipe(changed), findings.recipe(demo)) == ["stage3.num_epochs"]
+    # the findings shipped with the package are of this recipe (the demo's summary claims them)
+    assert findings._differs(findings.recipe(demo), findings.load()["recipe"]) == []
+    # a field the saved recipe predates: no difference at the library's default, one away from it
+    older = {k: v for k, v in findings.recipe(demo).items() if k != "stage3.labelled_list"}
+    assert findings._differs(findings.recipe(demo), older) == []
+    with changed.unlocked():
+        changed.stage3.num_epochs -= 1
+        changed.stage3.labelled_list = "ranked.csv"
+    assert findings._differs(findings.recipe(changed), older) == ["stage3.labelled_list"]
 
 
 def _findings_of(tmp_path, config):

@@ -59,9 +59,13 @@ def load(path=None) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _differs(a: dict, b: dict) -> list[str]:
-    """The fields (dotted names) where recipes ``a`` and ``b`` differ."""
-    return [k for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+def _differs(current: dict, saved: dict) -> list[str]:
+    """The fields (dotted names) where the ``current`` recipe and a ``saved`` one differ. A field the
+    saved recipe predates counts only where ``current`` sets it away from the library's default (a
+    new option whose default keeps the old behaviour changes no study's number)."""
+    defaults = recipe(configs.get_config("base"))
+    return [k for k in sorted(set(current) | set(saved))
+            if current.get(k, "<absent>") != saved.get(k, defaults.get(k, "<absent>"))]
 
 
 def supported_lines(config, findings: dict | None = None) -> list[str]:
