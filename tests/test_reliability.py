@@ -308,6 +308,23 @@ def test_a_run_that_diverges_without_a_nan_stops_naming_the_step(reference, tmp_
     assert max(losses) < 3 * losses[0]
 
 
+def report_zero(monkeypatch, metric: str) -> None:
+    """Every train step runs as it does, and reports ``metric`` as 0 (what a saturated output shows)."""
+    from pcam_jax.training import steps as steps_lib
+
+    real = steps_lib.make_train_step
+
+    def zeroed(*args, **kwargs):
+        step = real(*args, **kwargs)
+
+        def run(state, *batches):
+            state, metrics = step(state, *batches)
+            return state, {**metrics, metric: metrics[metric] * 0}
+        return run
+
+    monkeypatch.setattr(steps_lib, "make_train_step", zeroed)
+
+
 def test_dead_gradient_guard_against_hand_computed_cases():
     guard = guards.DeadGradientGuard(steps=3)
     assert [guard.update(i, g) for i, g in enumerate([0.0, 0.0, 0.5, 0.0, 0.0], 1)] == [None] * 5  # run broken at 3
@@ -327,16 +344,7 @@ def test_dead_decoder_guard_against_hand_computed_cases():
 def test_a_stage_whose_decoder_dies_stops_naming_the_step_and_the_fix(tmp_path, monkeypatch):
     # Stage 4 (L3 alone, no earlier stage needed); the step is the real one, only its reported decoder
     # output is scaled to 0, as a saturated decoder's is, while its gradient stays non-zero.
-    from pcam_jax.training import steps as steps_lib
-
-    real = steps_lib.make_train_step
-
-    def dead(*args, **kwargs):
-        step = real(*args, **kwargs)
-        return lambda state, *batches: (lambda out: (out[0], {**out[1], "decoder_max": out[1]["decoder_max"] * 0}))(
-            step(state, *batches))
-
-    monkeypatch.setattr(steps_lib, "make_train_step", dead)
+    report_zero(monkeypatch, "decoder_max")
     config = run_config(**{"train.checkpoint_every_steps": 1, "train.log_every_steps": 1,
                            "train.dead_gradient_steps": 3})
     data = FakeData(config)
@@ -351,16 +359,7 @@ def test_a_stage_whose_decoder_dies_stops_naming_the_step_and_the_fix(tmp_path, 
 
 def test_a_stage_whose_gradients_vanish_stops_naming_the_step(tmp_path, monkeypatch):
     # The step is the real one; only its reported gradient norm is 0, as a saturated decoder's is.
-    from pcam_jax.training import steps as steps_lib
-
-    real = steps_lib.make_train_step
-
-    def vanishing(*args, **kwargs):
-        step = real(*args, **kwargs)
-        return lambda state, *batches: (lambda out: (out[0], {**out[1], "grad_norm": out[1]["grad_norm"] * 0}))(
-            step(state, *batches))
-
-    monkeypatch.setattr(steps_lib, "make_train_step", vanishing)
+    report_zero(monkeypatch, "grad_norm")
     config = run_config(**{"train.checkpoint_every_steps": 1, "train.log_every_steps": 1,
                            "train.dead_gradient_steps": 3})
     with pytest.raises(errors.DeadTrainingError) as error:

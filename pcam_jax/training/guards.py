@@ -89,33 +89,46 @@ class DivergenceGuard:
         return None
 
 
-class DeadGradientGuard:
-    """``update(step, grad_norm) -> reason | None``: a reason once ``steps`` consecutive steps had a
-    gradient norm of exactly 0 (off at ``steps`` = 0)."""
+class _DeadRun:
+    """``update(step, value) -> reason | None``: a reason once ``steps`` consecutive values were dead
+    (`_dead`; off at ``steps`` = 0). The two guards below differ only in what "dead" means."""
 
     def __init__(self, steps: int = 20):
-        self.steps, self._zero_run = max(int(steps), 0), 0
+        self.steps, self._run = max(int(steps), 0), 0
 
-    def update(self, step: int, grad_norm: float) -> str | None:
-        self._zero_run = self._zero_run + 1 if grad_norm == 0.0 else 0
-        if self.steps and self._zero_run >= self.steps:
-            return f"the gradient norm was exactly 0 for the {self._zero_run} steps to step {step}"
-        return None
+    def _dead(self, value: float) -> bool:
+        raise NotImplementedError
+
+    def _reason(self, run: int, step: int) -> str:
+        raise NotImplementedError
+
+    def update(self, step: int, value: float) -> str | None:
+        self._run = self._run + 1 if self._dead(value) else 0
+        return self._reason(self._run, step) if self.steps and self._run >= self.steps else None
 
 
-class DeadDecoderGuard:
-    """``update(step, decoder_max) -> reason | None``: a reason once ``steps`` consecutive steps had
-    every labelled decoder output below ``floor`` (off at ``steps`` = 0)."""
+class DeadGradientGuard(_DeadRun):
+    """A reason once ``steps`` consecutive steps had a gradient norm of exactly 0."""
+
+    def _dead(self, grad_norm: float) -> bool:
+        return grad_norm == 0.0
+
+    def _reason(self, run: int, step: int) -> str:
+        return f"the gradient norm was exactly 0 for the {run} steps to step {step}"
+
+
+class DeadDecoderGuard(_DeadRun):
+    """A reason once ``steps`` consecutive steps had every labelled decoder output below ``floor``."""
 
     def __init__(self, steps: int = 20, floor: float = 1e-3):
-        self.steps, self.floor, self._dead_run = max(int(steps), 0), float(floor), 0
+        super().__init__(steps)
+        self.floor = float(floor)
 
-    def update(self, step: int, decoder_max: float) -> str | None:
-        self._dead_run = self._dead_run + 1 if decoder_max < self.floor else 0
-        if self.steps and self._dead_run >= self.steps:
-            return (f"the lesion decoder's output stayed below {self.floor:g} on every labelled pixel for the "
-                    f"{self._dead_run} steps to step {step}")
-        return None
+    def _dead(self, decoder_max: float) -> bool:
+        return decoder_max < self.floor
+
+    def _reason(self, run: int, step: int) -> str:
+        return f"the lesion decoder's output stayed below {self.floor:g} on every labelled pixel for the {run} steps to step {step}"
 
 
 class StopOnSignals:
