@@ -77,18 +77,19 @@ def lesion_labels_fingerprint(config) -> str:
     contents of ``config.stage3.labelled_list`` where one is set)."""
     from pcam_jax.data import clinician_labels
 
-    sources = clinician_labels.parse_sources(config.stage3.lesion_labels)
+    unmatched = str(config.stage3.unmatched_labels)
     if config.data.dataset in clinician_labels.CHOOSES_LABELLED:  # its own masks, N chosen when read
         chosen = f"num_labelled={int(config.stage3.num_labelled)},seed={int(config.stage3.labelled_seed)}"
         if config.stage3.labelled_list:   # or the first N of a ranked list: its contents choose
-            listed = pathlib.Path(config.stage3.labelled_list).expanduser()
-            digest = hashlib.sha256(str(config.stage3.unmatched_labels).encode())
-            digest.update(listed.read_bytes() if listed.is_file() else b"\0missing\0")
-            chosen += f",list={digest.hexdigest()[:16]}"
+            chosen += f",list={_sources_digest([config.stage3.labelled_list], unmatched)}"
         return chosen
-    if not sources:
-        return ""
-    digest = hashlib.sha256(str(config.stage3.unmatched_labels).encode())
+    sources = clinician_labels.parse_sources(config.stage3.lesion_labels)
+    return _sources_digest(sources, unmatched) if sources else ""
+
+
+def _sources_digest(sources, unmatched: str) -> str:
+    """16 hex digits of the names and contents of every file of ``sources`` (files or folders)."""
+    digest = hashlib.sha256(unmatched.encode())
     for source in sources:
         root = pathlib.Path(source).expanduser()
         digest.update(b"\0source\0" + source.encode())
