@@ -102,20 +102,29 @@ def score_decoder(run_dir: pathlib.Path, config) -> dict:
             "pointing": float(np.mean(localisation.pointing_game(maps, masks, tolerance))), "test_images": len(maps)}
 
 
+def train(config, run_dir: pathlib.Path, stages, copy_from: pathlib.Path | None = None) -> None:
+    """``stages`` of ``config`` in ``run_dir`` (resumed if cut), after copying stages 1-2 from ``copy_from``."""
+    from pcam_jax import study as study_lib
+    from pcam_jax.training import loop, reporting
+
+    for stage in (1, 2) if copy_from is not None else ():
+        study_lib.copy_stage(copy_from, run_dir, stage)
+    reporter = reporting.Reporter(run_dir, tensorboard=False)
+    try:
+        loop.train_and_evaluate(config, run_dir, stages, reporter=reporter)
+    finally:
+        reporter.close()
+
+
 def prepare_seed(seed: int, workdir: pathlib.Path) -> dict:
     """The seed's world and stages 1-2 (trained once, resumed if cut), its oracle and candidates."""
     from pcam_jax import load
     from pcam_jax.labelling import selection
-    from pcam_jax.training import loop, reporting
 
     config = base_config(seed, workdir)
     base = workdir / f"seed{seed}" / "stages12"
     t0 = time.time()
-    reporter = reporting.Reporter(base, tensorboard=False)
-    try:
-        loop.train_and_evaluate(config, base, (1, 2), reporter=reporter)
-    finally:
-        reporter.close()
+    train(config, base, (1, 2))
     print(f"seed {seed}: stages 1-2 ready ({time.time() - t0:.0f} s)", flush=True)
     return {"seed": seed, "config": config, "base": base, "oracle": train_masks(config),
             "run2": load(base, stage=2, which="latest"), "records": selection.candidate_records(config, set())}
@@ -153,10 +162,9 @@ def fracatlas_world(seed: int, runs: str) -> dict:
 
 def fracatlas_run_one(world: dict, function: str, budget: int, workdir: pathlib.Path) -> dict:
     """Stage 3 (the seed run's recipe) from the first ``budget`` fractures of ``function``'s list; scored."""
-    from pcam_jax import configs, load
-    from pcam_jax import study as study_lib
-    from pcam_jax.data import clinician_labels, fracatlas
-    from pcam_jax.training import checkpointing, loop, reporting
+    from pcam_jax import configs
+    from pcam_jax.data import fracatlas
+    from pcam_jax.training import checkpointing
 
     seed, config, base, oracle = world["seed"], world["config"], world["base"], world["oracle"]
     t0 = time.time()
@@ -174,17 +182,12 @@ def fracatlas_run_one(world: dict, function: str, budget: int, workdir: pathlib.
             config3.stage3.labelled_list = str(ranking.absolute())
     run_dir = out / f"{function}_{budget}"
     own = checkpointing.stage_directory(base, 3)
+    # ``config`` is the run's own stage-3 config where it has a stage 3 (`fracatlas_world`)
     if function == "random" and own.is_dir() and not checkpointing.config_differences(
-            configs.to_json_dict(load(base, stage=3, which="latest").config), configs.to_json_dict(config3), 3):
+            configs.to_json_dict(config), configs.to_json_dict(config3), 3):
         run_dir = base   # the seed's own run is this cell: scored, not retrained
     else:
-        for stage in (1, 2):
-            study_lib.copy_stage(base, run_dir, stage)
-        reporter = reporting.Reporter(run_dir, tensorboard=False)
-        try:
-            loop.train_and_evaluate(config3, run_dir, (3,), reporter=reporter)
-        finally:
-            reporter.close()
+        train(config3, run_dir, (3,), copy_from=base)
     return {"dataset": "fracatlas", "seed": seed, "function": function, "labels": len(chosen), "run": str(run_dir),
             **score_decoder(run_dir, config), "lesion_pixels": int(sum(oracle[p] for p in chosen)),
             "seconds": round(time.time() - t0, 1)}
@@ -192,9 +195,7 @@ def fracatlas_run_one(world: dict, function: str, budget: int, workdir: pathlib.
 
 def run_one(world: dict, function: str, budget: int, workdir: pathlib.Path) -> dict:
     """Stage 3 from the top ``budget`` images of ``function``'s list, labelled by the oracle; scored."""
-    from pcam_jax import study as study_lib
     from pcam_jax.labelling import store
-    from pcam_jax.training import loop, reporting
 
     seed, config, base, oracle = world["seed"], world["config"], world["base"], world["oracle"]
     t0 = time.time()
@@ -203,16 +204,10 @@ def run_one(world: dict, function: str, budget: int, workdir: pathlib.Path) -> d
     labels = run_dir / "labels.json"
     run_dir.mkdir(parents=True, exist_ok=True)
     store.atomic_write_json(labels, store.coco_from_masks({p: oracle[p] for p in chosen}))
-    for stage in (1, 2):
-        study_lib.copy_stage(base, run_dir, stage)
     config3 = config.copy_and_resolve_references()
     with config3.unlocked():
         config3.stage3.lesion_labels = str(labels.absolute())
-    reporter = reporting.Reporter(run_dir, tensorboard=False)
-    try:
-        loop.train_and_evaluate(config3, run_dir, (3,), reporter=reporter)
-    finally:
-        reporter.close()
+    train(config3, run_dir, (3,), copy_from=base)
     return {"seed": seed, "function": function, "labels": len(chosen), **score_decoder(run_dir, config),
             "lesion_pixels": int(sum(oracle[p].sum() for p in chosen)), "seconds": round(time.time() - t0, 1)}
 
