@@ -1,5 +1,6 @@
 """Stage 4 (the few-label segmenter, classifier head frozen at random) keeps as "best" the checkpoint
-whose decoder localises best on the held-out masks, not the one its random head's AUROC favours.
+whose decoder localises best on the held-out masks, not the one its random head's AUROC favours;
+so does stage 3 with ``stage3.select_by="localisation"``, and not with the default.
 
 The reference is recomputed from the saved checkpoints alone, by another path than the loop's:
 the analysis API's maps (`pcam_jax.run.analysis.Run`, the harness's jitted maps function), the
@@ -58,6 +59,26 @@ def segmenter_run(tmp_path_factory):
     return config, workdir, log
 
 
+@pytest.fixture(scope="module")
+def stage3_by_localisation(tmp_path_factory):
+    """Stages 1-3 on the tiny synthetic data, stage 3 ranked by its decoder's held-out PxAP, every
+    stage-3 epoch's checkpoint kept: (config, workdir)."""
+    workdir = tmp_path_factory.mktemp("stage3")
+    config = configs.get_config("tiny")
+    config.data.data_dir = str(workdir / "data")
+    config.stage1.num_epochs = config.stage2.num_epochs = 1
+    config.stage3.num_epochs = EPOCHS
+    config.stage3.select_by = "localisation"
+    config.optimizer.learning_rate = 3e-3
+    config.train.keep_checkpoints = EPOCHS + 1
+    reporter = reporting.Reporter(workdir, enabled=True, progress_bar=False, tensorboard=False)
+    try:
+        loop.train_and_evaluate(config, workdir, (1, 2, 3), reporter=reporter)
+    finally:
+        reporter.close()
+    return config, workdir
+
+
 def _heldout(config):
     """Images (model size) and masks of the held-out split's lesion images, read as `evaluate` reads them."""
     images, masks = [], []
@@ -68,28 +89,43 @@ def _heldout(config):
     return np.concatenate(images), np.concatenate(masks)
 
 
-def test_best_checkpoint_is_the_one_whose_decoder_scores_the_highest_heldout_pxap(segmenter_run):
-    config, workdir, _ = segmenter_run
+@pytest.mark.parametrize("stage", [4, 3])
+def test_best_checkpoint_is_the_one_whose_decoder_scores_the_highest_heldout_pxap(stage, request):
+    run = request.getfixturevalue("segmenter_run" if stage == 4 else "stage3_by_localisation")
+    config, workdir = run[0], run[1]
     images, masks = _heldout(config)
     assert len(images) == config.synthetic.num_heldout_labelled
-    checkpoints = checkpointing.StageCheckpoints(workdir, 4, read_only=True)
+    checkpoints = checkpointing.StageCheckpoints(workdir, stage, read_only=True)
     saved = sorted(checkpoints.manager.all_steps())
     checkpoints.close()
     recomputed, stored = {}, {}
     for step in saved:
-        run = analysis.load(workdir, 4, step)
-        raw = run.raw_maps(images, ("decoder",))["decoder"]
+        raw = analysis.load(workdir, stage, step).raw_maps(images, ("decoder",))["decoder"]
         size = int(config.data.image_size)
         recomputed[step] = reference_pxap(np.asarray(maps.postprocess(jnp.asarray(raw), size, size)), masks)
-        _, _, meta = checkpointing.restore_for_eval(workdir, 4, step)
+        _, _, meta = checkpointing.restore_for_eval(workdir, stage, step)
         stored[step] = meta["eval"]["heldout_pxap"]
         assert meta["selection"] == {"metric": "heldout_pxap", "mode": "max", "split": "heldout_labelled",
                                      "images": len(images)}
     assert len(saved) == EPOCHS
     np.testing.assert_allclose([stored[s] for s in saved], [recomputed[s] for s in saved], atol=1e-4)
     assert max(recomputed.values()) - min(recomputed.values()) > 1e-3   # the epochs differ: the choice is not vacuous
-    best = analysis.load(workdir, 4, "best").step
+    best = analysis.load(workdir, stage, "best").step
     assert recomputed[best] >= max(recomputed.values()) - 1e-4, (best, recomputed)
+
+
+def test_stage3_by_default_is_ranked_on_model_selection_auroc(stage3_by_localisation):
+    config, _ = stage3_by_localisation
+    from pcam_jax.training import selection, stages
+
+    spec = stages.get(3)
+    assert selection.criterion(spec, configs.get_config("tiny"), 40) == {
+        "metric": "auroc", "mode": "max", "split": "model_selection", "images": None}
+    assert selection.criterion(spec, config, 40)["metric"] == "heldout_pxap"
+    wrong = config.copy_and_resolve_references()
+    wrong.stage3.select_by = "pxap"
+    with pytest.raises(ValueError, match=r"config.stage3.select_by must be one of \('classification', 'localisation'\)"):
+        loop.train_and_evaluate(wrong, "/nonexistent", (3,))
 
 
 def test_the_choice_is_logged_and_reported_by_evaluate(segmenter_run):

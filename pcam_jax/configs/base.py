@@ -112,6 +112,10 @@ def get_config() -> ml_collections.ConfigDict:
         # L3 also averages the errors of this share of each image's background pixels, the worst
         # ones (hard-negative mining: bright hardware among them; pcam_jax/training/losses.py). 0: off.
         hard_background=0.0,
+        # Which checkpoint is stage 3's "best": "classification" (train.best_metric on
+        # model_selection, the paper's) | "localisation" (its decoder's PxAP on the held-out lesion
+        # masks, stage 4's rule; pcam_jax/training/selection.py). Evaluation scores the best.
+        select_by="classification",
     ))
 
     c.stage4 = ml_collections.ConfigDict(dict(
@@ -125,9 +129,10 @@ def get_config() -> ml_collections.ConfigDict:
         keep_checkpoints=2,
         best_metric="auroc",          # model-selection metric kept as the "best" checkpoint
         best_mode="max",
-        # A stage without a trained classifier (stage 4) keeps instead the checkpoint whose decoder
-        # scores the best PxAP on the first this-many held-out lesion masks (data.HELDOUT_MASK_SPLIT;
-        # pcam_jax/training/selection.py), its latest when the dataset has none.
+        # A stage without a trained classifier (stage 4; stage 3 with select_by="localisation") keeps
+        # instead the checkpoint whose decoder scores the best PxAP on the first this-many held-out
+        # lesion masks (data.HELDOUT_MASK_SPLIT; pcam_jax/training/selection.py), its latest when
+        # the dataset has none.
         heldout_selection_images=100,
         # Divergence guard (pcam_jax/training/guards.py), 0 turns a check off: stop when a step's
         # loss exceeds this factor times its running median (over divergence_window steps) ...

@@ -27,7 +27,8 @@ between stages (losses, starting point, frozen parts, the labelled stream) is re
   (`checkpointing.StageCheckpoints.first_intact`);
 - at each epoch end: evaluation on the model-selection split (image-level classification
   metrics; its accuracy is the "validation" confidence source), then a checkpoint ranked by
-  ``train.best_metric``; a stage without a trained classifier (stage 4) is ranked instead by its
+  ``train.best_metric``; a stage without a trained classifier (stage 4, and stage 3 with
+  ``stage3.select_by="localisation"``) is ranked instead by its
   decoder's PxAP on the held-out lesion masks (``heldout_pxap``, one jitted pass over at most
   ``train.heldout_selection_images`` images read once), or keeps its latest where the run has none
   (`pcam_jax.training.selection.criterion`, stored in every checkpoint's meta). Mid-epoch
@@ -101,10 +102,10 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
 
         train_step = mesh_lib.jit_train_step(steps.make_train_step(spec, config, model, total_steps), mesh, state)
         eval_step = jax.jit(steps.make_eval_step(model))
-        heldout, heldout_images = (selection.heldout_batches(data, config) if spec.best_by_localisation
-                                   else (None, 0))
+        by_localisation = spec.ranked_by_localisation(config)
+        heldout, heldout_images = selection.heldout_batches(data, config) if by_localisation else (None, 0)
         chosen_by = selection.criterion(spec, config, heldout_images)
-        if spec.best_by_localisation:   # said once: what its "best" checkpoint will mean
+        if by_localisation:   # said once: what its "best" checkpoint will mean
             reporter.message(f"stage {stage}: best checkpoint by {selection.describe(chosen_by)}")
         decoder_map_step = jax.jit(steps.make_decoder_map_step(model)) if heldout else None
         maps_fn = reporting.jit_summary_maps(model, stage=spec, logit_difference=bool(config.stage2.logit_difference))
@@ -180,7 +181,7 @@ def train_stage(stage: int, config, workdir, data: DataSource, mesh, reporter: r
                 reporter.log_images(done, images, maps)
             if epoch_end:
                 last_eval = selection.evaluate(eval_step, state, data.eval_batches(), mesh)
-                if heldout:   # what ranks this stage (`Stage.best_by_localisation`), in the same record
+                if heldout:   # what ranks this stage (`Stage.ranked_by_localisation`), in the same record
                     last_eval[selection.HELDOUT_PXAP] = selection.heldout_pxap(decoder_map_step, state, heldout, mesh)
                 # The "validation" confidence source: P = the last model-selection accuracy.
                 state = {**state, "confidence": {**state["confidence"], "val_accuracy": mesh_lib.replicate(

@@ -3,7 +3,8 @@
 - `evaluate`: image-level classification metrics of the model-selection split (ranked by
   ``train.best_metric``; its accuracy is stage 2's "validation" confidence source);
 - `heldout_pxap`: PxAP of the decoder's map on held-out lesion masks, what a stage without a
-  trained classifier (stage 4, `Stage.best_by_localisation`) is ranked by, with the map and the
+  trained classifier (stage 4, `Stage.best_by_localisation`) is ranked by (and stage 3 with
+  ``stage3.select_by="localisation"``: `Stage.ranked_by_localisation`), with the map and the
   metric `pcam-jax evaluate` scores it with (`pcam_jax.maps.postprocess`, `localisation.pxap`);
 - `criterion`: what picked a stage's "best", stored in every checkpoint's meta and reported by
   `pcam-jax evaluate`.
@@ -78,8 +79,8 @@ def heldout_batches(data, config) -> tuple[list[dict] | None, int]:
 
 def ranking(spec, config) -> tuple[str, str]:
     """(metric, mode) stage ``spec``'s checkpoints are ranked by: ``train.best_metric`` /
-    ``best_mode``, or for a `Stage.best_by_localisation` stage `HELDOUT_PXAP`, max."""
-    if spec.best_by_localisation:
+    ``best_mode``, or for a stage `Stage.ranked_by_localisation` `HELDOUT_PXAP`, max."""
+    if spec.ranked_by_localisation(config):
         return HELDOUT_PXAP, "max"
     return str(config.train.best_metric), str(config.train.best_mode)
 
@@ -87,11 +88,11 @@ def ranking(spec, config) -> tuple[str, str]:
 def criterion(spec, config, heldout_images: int = 0) -> dict:
     """What ranks stage ``spec``'s checkpoints: {"metric", "mode", "split", "images"}.
 
-    Stages with a trained classifier: ``train.best_metric`` on model_selection. A
-    `Stage.best_by_localisation` stage: `HELDOUT_PXAP` on the dataset's held-out mask split
+    Stages with a trained classifier: ``train.best_metric`` on model_selection. A stage
+    `Stage.ranked_by_localisation`: `HELDOUT_PXAP` on the dataset's held-out mask split
     (``heldout_images`` images), or `LATEST` where it has none."""
     metric, mode = ranking(spec, config)
-    if not spec.best_by_localisation:
+    if not spec.ranked_by_localisation(config):
         return {"metric": metric, "mode": mode, "split": "model_selection", "images": None}
     if not heldout_images:
         return {"metric": LATEST, "mode": mode, "split": None, "images": 0}

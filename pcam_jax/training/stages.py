@@ -12,7 +12,8 @@ loss term in `pcam_jax.training.steps`. The method behind each entry: docs/METHO
     4      lam' L3 (the few-label segmenter)       scratch                head      yes       decoder
 
 "Best" checkpoint: stages 1-3 by ``train.best_metric`` on model_selection; stage 4 by its decoder's
-PxAP on the held-out lesion masks (`Stage.best_by_localisation`).
+PxAP on the held-out lesion masks (`Stage.best_by_localisation`), and stage 3 too where
+``stage3.select_by="localisation"`` (`Stage.ranked_by_localisation`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Iterable
 from pcam_jax import maps
 
 LOSS_TERMS = ("l1", "l2", "l3")   # plain-pass cross-entropy, masked-pass attention loss, lesion loss
+SELECT_BY = ("classification", "localisation")   # the values of a stage's `Stage.selection_option`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +55,9 @@ class Stage:
         with the best ``train.best_metric`` on model_selection: a stage whose classification head
         never trains (stage 4) cannot earn a classification metric
         (`pcam_jax.training.selection.criterion`).
+      selection_option: a field of the stage's config section (one of `SELECT_BY`) by which a
+        stage that trains both a classifier and a decoder is ranked like stage 4 instead
+        (``"localisation"``): its decoder map is what the stage is for.
     """
 
     number: int
@@ -67,6 +72,7 @@ class Stage:
     figure_title: str | None = None
     also_compared: tuple[int, ...] = ()
     best_by_localisation: bool = False
+    selection_option: str | None = None
 
     @property
     def name(self) -> str:
@@ -91,6 +97,16 @@ class Stage:
             raise ValueError(f"config.{self.name}.{self.init_option} must be one of {choices}, got {choice!r}")
         return None if choice == "scratch" else int(choice[len("stage"):])
 
+    def ranked_by_localisation(self, config: Any) -> bool:
+        """Its "best" checkpoint is chosen on held-out decoder PxAP (`best_by_localisation`, or
+        its config's `selection_option` says ``"localisation"``), not on ``train.best_metric``."""
+        if self.best_by_localisation or self.selection_option is None:
+            return self.best_by_localisation
+        choice = str(self.settings(config)[self.selection_option])
+        if choice not in SELECT_BY:
+            raise ValueError(f"config.{self.name}.{self.selection_option} must be one of {SELECT_BY}, got {choice!r}")
+        return choice == "localisation"
+
     def uses(self, term: str) -> bool:
         return term in self.losses
 
@@ -99,7 +115,8 @@ STAGES: dict[int, Stage] = {
     1: Stage(1, losses=("l1",), class_weighted_l1=True, map_methods=maps.CAM_METHODS),
     2: Stage(2, losses=("l1", "l2"), init_option="init_from", figure_title="stage 2"),
     3: Stage(3, losses=("l1", "l2", "l3"), frozen_parts=(), starts_from=2, needs_labelled=True,
-             map_methods=(maps.DECODER, "positive_cam"), figure_title="stage 3", also_compared=(2,)),
+             map_methods=(maps.DECODER, "positive_cam"), figure_title="stage 3", also_compared=(2,),
+             selection_option="select_by"),
     # The fair baseline (Choe et al.): encoder + decoder trained on the labelled few alone, from
     # scratch, with stage 3's lesion loss; never trained by default (`--stages 4`).
     4: Stage(4, losses=("l3",), frozen_parts=("head",), needs_labelled=True,

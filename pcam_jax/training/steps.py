@@ -76,6 +76,8 @@ def check_config(config: Any) -> None:
     lesion_loss = config.stage3.lesion_loss
     if lesion_loss not in LESION_LOSSES:
         raise ValueError(f"config.stage3.lesion_loss must be one of {tuple(LESION_LOSSES)}, got {lesion_loss!r}")
+    for spec in stages_lib.STAGES.values():
+        spec.ranked_by_localisation(config)   # raises for a value outside stages.SELECT_BY
 
 
 def make_loss_fn(stage: int | stages_lib.Stage, config: Any, model: PCAMNet) -> Callable:
