@@ -134,6 +134,25 @@ def test_balanced_cross_entropy_lesion_loss_hand_computed():
     assert np.isfinite(float(losses.lesion_loss(jnp.ones((1, 2, 2)), jnp.zeros((1, 2, 2)), cross_entropy=True)))
 
 
+def test_cross_entropy_dice_lesion_loss_hand_computed():
+    pred = jnp.array([[[0.9, 0.2], [0.5, 0.1]], [[0.5, 0.2], [0.2, 0.2]]])
+    mask = jnp.array([[[1.0, 1.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    # image 0: plain cross-entropy over its 4 pixels, plus 1 - (2 * 1.1 + 1) / (1.7 + 2 + 1)
+    bce0 = (-math.log(0.9) - math.log(0.2) - math.log(0.5) - math.log(0.9)) / 4
+    dice0 = 1 - (2 * (0.9 + 0.2) + 1) / ((0.9 + 0.2 + 0.5 + 0.1) + 2 + 1)
+    # image 1 (empty mask): cross-entropy alone, no Dice term
+    bce1 = (-math.log(0.5) - 3 * math.log(0.8)) / 4
+    got = losses.lesion_loss(pred, mask, cross_entropy=True, dice=True)
+    np.testing.assert_allclose(got, (bce0 + dice0 + bce1) / 2, rtol=1e-5)
+    np.testing.assert_allclose(losses.soft_dice_loss(pred, mask), [dice0, 0.0], rtol=1e-5)
+    # Painted area costs relative to the lesion: a 1-pixel lesion found, plus 20 pixels painted
+    # around it, costs a Dice loss of 1 - 3 / 23 against 1 - 3 / 3 = 0 for the lesion alone.
+    lesion = jnp.zeros((1, 10, 10)).at[0, 3, 3].set(1.0)
+    painted = lesion.at[0, 5:7, :].set(1.0)
+    np.testing.assert_allclose(losses.soft_dice_loss(lesion, lesion), [0.0], atol=1e-6)
+    np.testing.assert_allclose(losses.soft_dice_loss(painted, lesion), [1 - 3 / 23], rtol=1e-5)
+
+
 def test_stage_loss_and_accuracy():
     # (1 - 0.25) * 2 + 0.25 * 1 + 2 * 0.5 = 1.5 + 0.25 + 1 = 2.75
     np.testing.assert_allclose(losses.stage_loss(2.0, 1.0, 0.5, 0.25, 2.0), 2.75, rtol=1e-7)

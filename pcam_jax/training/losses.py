@@ -124,10 +124,11 @@ def attention_loss(masked_logits: Array, labels: Array, mode: str, abnormal_only
 
 # The decoder map's clip before a log (float32: sigmoid(z) rounds to 1 for z > ~17).
 BCE_EPSILON = 1e-6
+DICE_SMOOTH = 1.0   # pixels: keeps the soft Dice defined and smooth where D and M are near empty
 
 
 def lesion_loss(pred_map: Array, mask: Array, valid: Array | None = None, balanced: bool = False,
-                hard_background: float = 0.0, cross_entropy: bool = False) -> Array:
+                hard_background: float = 0.0, cross_entropy: bool = False, dice: bool = False) -> Array:
     """L3 = MSE between the decoder's lesion map and the lesion mask, over the valid images.
 
     ``L3 = sum_i v_i * mean_xy (D_i(x, y) - M_i(x, y))^2 / sum_i v_i`` (0 when no image counts).
@@ -150,6 +151,14 @@ def lesion_loss(pred_map: Array, mask: Array, valid: Array | None = None, balanc
     paints a whole bone at ~0.99 gets next to no signal to rank the fracture above the rest of that
     bone (FracAtlas, docs/RESULTS.md section 6).
 
+    ``dice=True`` (not the paper's; nnU-Net's cross-entropy + Dice) adds, per image with a lesion,
+    the soft Dice loss ``1 - (2 sum D M + s) / (sum D + sum M + s)`` with ``s = DICE_SMOOTH``
+    pixels. It prices a painted area against the lesion's own size, where the balanced mean
+    prices it against the whole background: painting 20x the area of a median FracAtlas fracture
+    (0.35 % of the image) touches 7 % of the background pixels, but caps the Dice score at
+    2 / 22 (a loss of 0.91) even with the fracture found. An image with an empty mask has no Dice
+    term.
+
     Args:
       pred_map: (B, H, W) in [0, 1].
       mask: (B, H, W) in {0, 1}.
@@ -157,6 +166,7 @@ def lesion_loss(pred_map: Array, mask: Array, valid: Array | None = None, balanc
       balanced: lesion/background-balanced mean instead of the plain mean.
       hard_background: share of the pixels in the hard-background term (0: none).
       cross_entropy: per-pixel binary cross-entropy instead of the squared error.
+      dice: add the soft Dice loss of each image with a lesion.
     """
     mask = mask.astype(jnp.float32)
     pred = pred_map.astype(jnp.float32)
@@ -174,7 +184,18 @@ def lesion_loss(pred_map: Array, mask: Array, valid: Array | None = None, balanc
         per_image = jnp.mean(error, axis=(1, 2))
     if hard_background > 0:
         per_image = per_image + hard_background_term(error, mask, hard_background)
+    if dice:
+        per_image = per_image + soft_dice_loss(pred_map.astype(jnp.float32), mask)
     return _mean_over_rows(per_image, _rows(valid, pred_map.shape[0]))
+
+
+def soft_dice_loss(pred: Array, mask: Array) -> Array:
+    """(B,) ``1 - (2 sum D M + s) / (sum D + sum M + s)`` per image (``s = DICE_SMOOTH``); 0 for an
+    image whose mask is empty (no lesion to overlap: its background is the other terms' business)."""
+    overlap = jnp.sum(pred * mask, axis=(1, 2))
+    total = jnp.sum(pred, axis=(1, 2)) + jnp.sum(mask, axis=(1, 2))
+    loss = 1.0 - (2.0 * overlap + DICE_SMOOTH) / (total + DICE_SMOOTH)
+    return jnp.where(jnp.sum(mask, axis=(1, 2)) > 0, loss, 0.0)
 
 
 def hard_background_term(error: Array, mask: Array, fraction: float) -> Array:
