@@ -27,6 +27,8 @@ def main():
     kept = checkpointing.StageCheckpoints(args.workdir, args.stage, read_only=True)
     saved = sorted(kept.manager.all_steps())
     kept.close()
+    if not saved:
+        raise SystemExit(f"{args.workdir}: stage {args.stage} has no checkpoint to rank (train it first)")
     config, _, _ = checkpointing.restore_for_eval(args.workdir, args.stage, saved[-1])
     mesh = mesh_lib.make_mesh()
     batches, images = selection.heldout_batches(PipelineData(config, args.data_dir), config)

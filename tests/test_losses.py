@@ -137,13 +137,17 @@ def test_balanced_cross_entropy_lesion_loss_hand_computed():
 def test_cross_entropy_dice_lesion_loss_hand_computed():
     pred = jnp.array([[[0.9, 0.2], [0.5, 0.1]], [[0.5, 0.2], [0.2, 0.2]]])
     mask = jnp.array([[[1.0, 1.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
-    # image 0: plain cross-entropy over its 4 pixels, plus 1 - (2 * 1.1 + 1) / (1.7 + 2 + 1)
-    bce0 = (-math.log(0.9) - math.log(0.2) - math.log(0.5) - math.log(0.9)) / 4
+    # image 0: balanced cross-entropy, plus 1 - (2 * 1.1 + 1) / (1.7 + 2 + 1)
+    lesion, background = (-math.log(0.9) - math.log(0.2)) / 2, (-math.log(0.5) - math.log(0.9)) / 2
     dice0 = 1 - (2 * (0.9 + 0.2) + 1) / ((0.9 + 0.2 + 0.5 + 0.1) + 2 + 1)
-    # image 1 (empty mask): cross-entropy alone, no Dice term
-    bce1 = (-math.log(0.5) - 3 * math.log(0.8)) / 4
-    got = losses.lesion_loss(pred, mask, cross_entropy=True, dice=True)
-    np.testing.assert_allclose(got, (bce0 + dice0 + bce1) / 2, rtol=1e-5)
+    # image 1 (empty mask): its background cross-entropy alone, no Dice term
+    empty = (-math.log(0.5) - 3 * math.log(0.8)) / 4
+    got = losses.lesion_loss(pred, mask, balanced=True, cross_entropy=True, dice=True)
+    np.testing.assert_allclose(got, ((lesion + background) / 2 + dice0 + empty) / 2, rtol=1e-5)
+    # the plain cross-entropy's mean over all four pixels, plus the same Dice
+    plain0 = (2 * lesion + 2 * background) / 4
+    np.testing.assert_allclose(losses.lesion_loss(pred, mask, cross_entropy=True, dice=True),
+                               (plain0 + dice0 + empty) / 2, rtol=1e-5)
     np.testing.assert_allclose(losses.soft_dice_loss(pred, mask), [dice0, 0.0], rtol=1e-5)
     # Painted area costs relative to the lesion: a 1-pixel lesion found, plus 20 pixels painted
     # around it, costs a Dice loss of 1 - 3 / 23 against 1 - 3 / 3 = 0 for the lesion alone.

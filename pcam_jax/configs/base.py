@@ -98,7 +98,8 @@ def get_config() -> ml_collections.ConfigDict:
         lesion_loss="mse",            # "mse" (paper) | "balanced_mse": lesion and background
                                       # pixels weigh alike (plain MSE collapses to 0 on small lesions)
                                       # | "balanced_bce": the same with cross-entropy (no saturation)
-                                      # | "bce_dice": plain cross-entropy + soft Dice (nnU-Net's)
+                                      # | "balanced_bce_dice": the same + soft Dice (the painted
+                                      # area priced against the lesion's size)
         lesion_labels="",             # clinician labels of train images, "a.json[,b.csv,masks/]" (MURA,
                                       # folder); pcam_jax/data/clinician_labels.py
         unmatched_labels="error",     # a label naming no train image: "error" | "drop"

@@ -38,7 +38,7 @@ MASKED_BATCH_NORM = ("running", "batch")    # config.stage2.masked_batch_norm
 # config.stage3.lesion_loss -> the `losses.lesion_loss` options it sets
 LESION_LOSSES = {"mse": {}, "balanced_mse": {"balanced": True},
                  "balanced_bce": {"balanced": True, "cross_entropy": True},
-                 "bce_dice": {"cross_entropy": True, "dice": True}}
+                 "balanced_bce_dice": {"balanced": True, "cross_entropy": True, "dice": True}}
 
 TrainStep = Callable[..., tuple[dict, dict]]
 
