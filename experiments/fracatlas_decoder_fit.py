@@ -1,8 +1,8 @@
-"""Does the stage-3 decoder fit its own labels? Its localisation on the labelled train fractures it
+"""Does the stage-3 (or stage-4) decoder fit its own labels? Its localisation on the labelled train fractures it
 was trained on, the unlabelled train fractures and model_selection's, and its raw output (sigmoid,
 before min-max normalisation) inside and outside the fractures. docs/RESULTS.md section 6.
 
-    python experiments/fracatlas_decoder_fit.py RUN [--step STEP] [--data_dir DATA]
+    python experiments/fracatlas_decoder_fit.py RUN [--step STEP] [--stage 3|4] [--data_dir DATA]
 
 Nothing here reads the test split: this is what recipe choices may be made on.
 """
@@ -34,9 +34,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("workdir")
     parser.add_argument("--step", default="best", help="best, latest or a step number")
+    parser.add_argument("--stage", type=int, default=3, choices=(3, 4))
     parser.add_argument("--data_dir", default=None)
     args = parser.parse_args()
-    run = analysis.load(args.workdir, 3, int(args.step) if args.step.isdigit() else args.step)
+    run = analysis.load(args.workdir, args.stage, int(args.step) if args.step.isdigit() else args.step)
     config = run.config
     data_dir = args.data_dir or config.data.data_dir or None
     tolerance = localisation.pointing_tolerance(int(config.data.image_size), float(config.eval.pointing_tolerance))
@@ -53,6 +54,8 @@ def main():
         groups = ({"labelled train (seen)": is_labelled, "unlabelled train": ~is_labelled} if split == "train"
                   else {"model_selection": np.ones(len(images), bool)})
         for name, rows in groups.items():
+            if not rows.any():   # e.g. no unlabelled train fracture when every mask was labelled
+                continue
             r, m = raw[rows], masks[rows]
             normalised = np.asarray(maps_lib.postprocess(r, *m.shape[1:]))   # the map evaluate scores
             pg = localisation.pointing_game(normalised, m, tolerance).mean()
