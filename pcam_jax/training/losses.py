@@ -172,8 +172,8 @@ def lesion_loss(pred_map: Array, mask: Array, valid: Array | None = None, balanc
     mask = mask.astype(jnp.float32)
     pred = pred_map.astype(jnp.float32)
     if cross_entropy:
-        pred = jnp.clip(pred, BCE_EPSILON, 1.0 - BCE_EPSILON)
-        error = -(mask * jnp.log(pred) + (1.0 - mask) * jnp.log1p(-pred))
+        clipped = jnp.clip(pred, BCE_EPSILON, 1.0 - BCE_EPSILON)
+        error = -(mask * jnp.log(clipped) + (1.0 - mask) * jnp.log1p(-clipped))
     else:
         error = jnp.square(pred - mask)
     if balanced:
@@ -186,17 +186,17 @@ def lesion_loss(pred_map: Array, mask: Array, valid: Array | None = None, balanc
     if hard_background > 0:
         per_image = per_image + hard_background_term(error, mask, hard_background)
     if dice:
-        per_image = per_image + soft_dice_loss(pred_map.astype(jnp.float32), mask)
+        per_image = per_image + soft_dice_loss(pred, mask)
     return _mean_over_rows(per_image, _rows(valid, pred_map.shape[0]))
 
 
 def soft_dice_loss(pred: Array, mask: Array) -> Array:
     """(B,) ``1 - (2 sum D M + s) / (sum D + sum M + s)`` per image (``s = DICE_SMOOTH``); 0 for an
     image whose mask is empty (no lesion to overlap: its background is the other terms' business)."""
+    lesion = jnp.sum(mask, axis=(1, 2))
     overlap = jnp.sum(pred * mask, axis=(1, 2))
-    total = jnp.sum(pred, axis=(1, 2)) + jnp.sum(mask, axis=(1, 2))
-    loss = 1.0 - (2.0 * overlap + DICE_SMOOTH) / (total + DICE_SMOOTH)
-    return jnp.where(jnp.sum(mask, axis=(1, 2)) > 0, loss, 0.0)
+    loss = 1.0 - (2.0 * overlap + DICE_SMOOTH) / (jnp.sum(pred, axis=(1, 2)) + lesion + DICE_SMOOTH)
+    return jnp.where(lesion > 0, loss, 0.0)
 
 
 def hard_background_term(error: Array, mask: Array, fraction: float) -> Array:
