@@ -54,7 +54,7 @@ def main():
         groups = ({"labelled train (seen)": is_labelled, "unlabelled train": ~is_labelled} if split == "train"
                   else {"model_selection": np.ones(len(images), bool)})
         for name, rows in groups.items():
-            if not rows.any():   # e.g. no unlabelled train fracture when every mask was labelled
+            if not rows.any():   # no row to report (every train mask labelled: no unlabelled one)
                 continue
             r, m = raw[rows], masks[rows]
             normalised = np.asarray(maps_lib.postprocess(r, *m.shape[1:]))   # the map evaluate scores

@@ -139,6 +139,8 @@ def test_pointing_game_hand_case():
     np.testing.assert_array_equal(loc.pointing_game(maps, masks, tolerance=6), [True, True])
     # The disk is closed: tolerance exactly sqrt(32) reaches (5, 5).
     assert loc.pointing_game(maps[:1], masks[:1], tolerance=math.sqrt(32))[0]
+    # No images (a group with none, e.g. every train mask labelled): no hits, not a crash.
+    assert loc.pointing_game(maps[:0], masks[:0], tolerance=5).shape == (0,)
 
 
 def test_energy_iou_dice_hand_case():

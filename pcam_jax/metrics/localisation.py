@@ -96,7 +96,7 @@ def pointing_game(maps, masks, tolerance: float = 15) -> np.ndarray:
                          "config.eval.pointing_tolerance with pointing_tolerance(image_size, tolerance) first")
     maps, masks = check_maps_and_masks(maps, masks)
     n, h, w = maps.shape
-    peak = np.argmax(maps.reshape(n, -1), axis=1)
+    peak = np.argmax(maps.reshape(n, h * w), axis=1)   # explicit: reshape(0, -1) is ambiguous
     peak_y, peak_x = np.divmod(peak, w)
     dy2 = (np.arange(h)[None, :] - peak_y[:, None]) ** 2  # (N, H)
     dx2 = (np.arange(w)[None, :] - peak_x[:, None]) ** 2  # (N, W)
