@@ -13,9 +13,10 @@ import argparse
 
 import jax
 
+from pcam_jax.data import HELDOUT_MASK_SPLIT
 from pcam_jax.data.source import PipelineData
 from pcam_jax.models import create_model
-from pcam_jax.training import checkpointing, mesh as mesh_lib, selection, stages, steps
+from pcam_jax.training import checkpointing, mesh as mesh_lib, selection, steps
 
 
 def main():
@@ -29,21 +30,21 @@ def main():
     kept.close()
     if not saved:
         raise SystemExit(f"{args.workdir}: stage {args.stage} has no checkpoint to rank (train it first)")
-    config, _, _ = checkpointing.restore_for_eval(args.workdir, args.stage, saved[-1])
     mesh = mesh_lib.make_mesh()
-    batches, images = selection.heldout_batches(PipelineData(config, args.data_dir), config)
-    if batches is None:
-        raise SystemExit(f"{args.workdir}: the dataset {config.data.dataset!r} has no held-out lesion masks to rank on")
-    decoder_map_step = jax.jit(steps.make_decoder_map_step(create_model(config.model)))
-    scores = {}
-    print(f"stage {args.stage} of {args.workdir}: heldout_pxap on {images} "
-          f"{selection.criterion(stages.get(args.stage), config, images)['split']} lesion images")
-    print("| step | model_selection auroc | heldout_pxap |")
-    print("|---|---|---|")
+    scores, decoder_map_step = {}, None
     for step in saved:
-        _, variables, meta = checkpointing.restore_for_eval(args.workdir, args.stage, step)
-        state = mesh_lib.replicate(dict(variables), mesh)
-        scores[step] = selection.heldout_pxap(decoder_map_step, state, batches, mesh)
+        config, variables, meta = checkpointing.restore_for_eval(args.workdir, args.stage, step)
+        if decoder_map_step is None:   # the held-out batches and the jitted map, once: every checkpoint shares the config
+            batches, images = selection.heldout_batches(PipelineData(config, args.data_dir), config)
+            if batches is None:
+                raise SystemExit(f"{args.workdir}: the dataset {config.data.dataset!r} has no held-out lesion "
+                                 "masks to rank on")
+            decoder_map_step = jax.jit(steps.make_decoder_map_step(create_model(config.model)))
+            print(f"stage {args.stage} of {args.workdir}: heldout_pxap on {images} "
+                  f"{HELDOUT_MASK_SPLIT[config.data.dataset]} lesion images")
+            print("| step | model_selection auroc | heldout_pxap |")
+            print("|---|---|---|")
+        scores[step] = selection.heldout_pxap(decoder_map_step, mesh_lib.replicate(dict(variables), mesh), batches, mesh)
         print(f"| {step} | {meta.get('eval', {}).get('auroc', float('nan')):.4f} | {scores[step]:.4f} |")
     print(f"by localisation: step {max(scores, key=scores.get)}; "
           f"as trained ({selection.describe(selection.recorded(meta))}): step "
