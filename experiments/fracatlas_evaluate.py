@@ -5,9 +5,12 @@ or step (Score-CAM, AblationCAM: 128 forwards per image; Integrated Gradients, S
     python experiments/fracatlas_evaluate.py RUN [--external FOLDER] [--out DIR] [--save_maps]
         [--stages 1,2,3] [--which best|latest|STEP]
 
-The seeded study (experiments/fracatlas_seeds.py) scores stages 1-3 at their best checkpoints
-(model_selection AUROC) with ``--stages 1,2,3 --save_maps`` and the stage-4 segmenter at its last
-epoch with ``--stages 4 --which latest --out RUN/eval_stage4 --save_maps``.
+The seeded study (experiments/fracatlas_seeds.py) scores stages 1-3 at their best checkpoints (the
+criterion each stage was ranked by: model_selection AUROC, or decoder PxAP on model_selection's
+fractures for stage 3 with ``stage3.select_by=localisation``, the preset's) with ``--stages 1,2,3
+--save_maps``, and the stage-4 segmenter at its best (decoder PxAP likewise) with ``--stages 4
+--out RUN/eval_stage4 --save_maps``; ``--which STEP`` scores one checkpoint instead
+(experiments/rerank_checkpoints.py says which).
 """
 
 import argparse

@@ -5,8 +5,9 @@
 
 Each RUN was trained with `pcam-jax train --config fracatlas --config.seed=S
 --config.stage3.labelled_seed=S` and scored once with `python experiments/fracatlas_evaluate.py
-RUN --save_maps` (stages 1-3, `RUN/eval`) and `... --stages 4 --which latest --out RUN/eval_stage4`
-(the segmenter at its last epoch: its frozen random head has no model_selection AUROC to pick by).
+RUN --save_maps` (stages 1-3, `RUN/eval`) and `... --stages 4 --out RUN/eval_stage4` (the segmenter
+at the checkpoint the loop kept by its decoder's model_selection PxAP: its frozen random head has no
+AUROC to pick by; runs that predate that were scored with ``--which latest``).
 
 Printed (markdown): per seed and as mean [95 % t-interval over seeds, clipped to the metric's range]
 (`pcam_jax.study.tables.mean_interval`): AUROC per stage, pointing game and PxAP per map; then paired

@@ -17,7 +17,7 @@ from pcam_jax import configs, maps
 from pcam_jax.data import pipeline
 from pcam_jax.evaluation import evaluate
 from pcam_jax.run import analysis
-from pcam_jax.training import checkpointing, loop, reporting
+from pcam_jax.training import checkpointing, loop, reporting, selection, stages
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")   # see conftest.py
 
@@ -116,8 +116,6 @@ def test_best_checkpoint_is_the_one_whose_decoder_scores_the_highest_heldout_pxa
 
 def test_stage3_by_default_is_ranked_on_model_selection_auroc(stage3_by_localisation):
     config, _ = stage3_by_localisation
-    from pcam_jax.training import selection, stages
-
     spec = stages.get(3)
     assert selection.criterion(spec, configs.get_config("tiny"), 40) == {
         "metric": "auroc", "mode": "max", "split": "model_selection", "images": None}
